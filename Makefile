@@ -1,0 +1,44 @@
+# zen_async: `make run` (the main job) and `make test` (lint, types, the whole suite) set up
+# everything they need on a fresh machine, starting with the virtualenv in .venv.
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv run test lint typecheck unit bench clean
+
+help:
+	@echo "make run    - zen-async health against the embedded server (sets up .venv first)"
+	@echo "make test   - ruff, mypy --strict and the whole test suite (sets up .venv first)"
+	@echo "make bench  - the benchmarks in benchmarks/"
+
+# (Re)create the virtualenv when it is missing or pyproject.toml changed.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	REDIS_EMBEDDED=true $(BIN)/zen-async health
+
+lint: $(STAMP)
+	$(BIN)/ruff check zen_async tests benchmarks
+	$(BIN)/ruff format --check zen_async tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q
+
+test: lint typecheck unit
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.core
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,272 @@
+"""The core on every topology and flavor: keyspaces and pools, commands, batches, scripts,
+error mapping, pool behaviour under concurrency and cancellation, and the health status."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import datetime
+
+import pytest
+import redis.asyncio as raw_redis
+
+from zen_async import (
+    BackendError,
+    ConflictError,
+    Settings,
+    ValidationError,
+    Zen,
+    open_zen,
+)
+from zen_async.store import KEYSPACES
+from zen_async.store.health import PORT_ALLOCATION_FAILURE
+from zen_async.testing import ServerProcess
+from zen_async.testing.deployments import Deployments, Kind, Target, masters
+
+
+async def raw_get(server: ServerProcess, db: int, key: str) -> bytes | None:
+    """GET through a plain redis-py client, bypassing zen."""
+    client = raw_redis.Redis(host=server.host, port=server.port, db=db, password=server.password)
+    try:
+        value: bytes | None = await client.get(key)
+        return value
+    finally:
+        await client.aclose()
+
+
+async def test_keys_are_namespaced_per_layout(zen: Zen, target: Target) -> None:
+    state = zen.redis.keyspace("state")
+    if target.kind == "cluster":
+        assert state.prefix == "zen:t:default:state:"
+        assert state.db == 0
+    else:
+        assert state.prefix == "zen:t:default:"
+        assert state.db == KEYSPACES["state"]
+    other = zen.redis.keyspace("state", tenant="acme")
+    assert other.key("{z1}", "agent", "a1").startswith("zen:t:acme:")
+
+
+@pytest.mark.parametrize("kind", ["standalone", "sentinel"])
+async def test_databases_layout_writes_each_keyspace_to_its_own_db(
+    kind: Kind, deployments: Deployments
+) -> None:
+    group = deployments.get("redis", kind)
+    target = Target("redis", kind, group)
+    target.flush()
+    async with open_zen(target.settings()) as zen:
+        for name in KEYSPACES:
+            ks = zen.redis.keyspace(name)
+            await ks.set(ks.key("probe"), name)
+        usage = zen.redis.pool_usage()
+        assert set(usage) == set(KEYSPACES)  # one pool per keyspace
+    master = masters(group)[0]
+    for name, db in KEYSPACES.items():
+        reply = await raw_get(master, db, "zen:t:default:probe")
+        assert reply == name.encode(), f"keyspace {name} must write to DB {db}"
+
+
+async def test_prefixed_layout_on_standalone_uses_one_db_and_one_pool(standalone: Target) -> None:
+    async with open_zen(standalone.settings(redis_db_layout="prefixed")) as zen:
+        for name in KEYSPACES:
+            ks = zen.redis.keyspace(name)
+            await ks.set(ks.key("probe"), name)
+        assert len(zen.redis.pool_usage()) == 1
+    master = standalone.group.server  # type: ignore[union-attr]
+    for name in KEYSPACES:
+        assert master.cli("GET", f"zen:t:default:{name}:probe") == name
+    assert master.cli("DBSIZE") == str(len(KEYSPACES))
+
+
+async def test_single_commands_round_trip(zen: Zen) -> None:
+    ks = zen.redis.keyspace("cache")
+    await ks.set(ks.key("a"), b"1", ttl_ms=60_000)
+    assert await ks.get(ks.key("a")) == b"1"
+    assert 0 < await ks.execute("PTTL", ks.key("a")) <= 60_000
+    assert await ks.get(ks.key("missing")) is None
+    assert await ks.delete(ks.key("a"), ks.key("missing")) == 1
+
+
+async def test_batches_keep_order_across_chunks_and_slots(zen: Zen, target: Target) -> None:
+    ks = zen.redis.keyspace("state")
+    items = {ks.key(f"k{i}"): f"v{i}" for i in range(1234)}  # 3 chunks of 500, many slots
+    await ks.set_many(items, ttl_ms=60_000)
+    values = await ks.mget(list(items))
+    assert values == [v.encode() for v in items.values()]
+    replies = await ks.batch([("INCR", ks.key(f"n{i % 7}")) for i in range(700)])
+    assert replies[-7:] == [100] * 7
+    assert await ks.delete(*items) == len(items)
+
+
+async def test_batch_without_pipelining_gives_the_same_results(target: Target) -> None:
+    settings = target.settings(redis_enable_pipelining=False, redis_pipeline_batch_size=50)
+    async with open_zen(settings) as zen:
+        ks = zen.redis.keyspace("state")
+        replies = await ks.batch([("SET", ks.key(f"p{i}"), i) for i in range(120)])
+        assert replies == [True] * 120
+        assert await ks.mget([ks.key(f"p{i}") for i in range(120)]) == [
+            str(i).encode() for i in range(120)
+        ]
+
+
+async def test_batch_reports_failed_commands_in_place(zen: Zen) -> None:
+    ks = zen.redis.keyspace("state")
+    key = ks.key("{z1}", "h")
+    replies = await ks.batch(
+        [("SET", key, 1), ("HSET", key, "f", 1), ("INCR", key)], raise_on_error=False
+    )
+    assert replies[0] is True
+    assert isinstance(replies[1], BackendError)
+    assert "WRONGTYPE" in str(replies[1])
+    assert replies[2] == 2
+    with pytest.raises(BackendError, match="WRONGTYPE"):
+        await ks.batch([("HSET", key, "f", 1)])
+
+
+async def test_versioned_script_writes_and_detects_conflicts(zen: Zen) -> None:
+    ks = zen.redis.keyspace("state")
+    key = ks.key("{z3}", "agent", "a1")
+    assert await ks.run_script("versioned_hset", [key], ["0", "", "state", "ready"]) == 1
+    assert await ks.run_script("versioned_hset", [key], ["1", "60000", "state", "running"]) == 2
+    with pytest.raises(ConflictError, match="is at version 2, expected 1"):
+        await ks.run_script("versioned_hset", [key], ["1", "", "state", "paused"])
+    stored = await ks.execute("HGETALL", key)
+    assert stored == {b"version": b"2", b"state": b"running"}  # the conflict wrote nothing
+    assert await ks.execute("PTTL", key) > 0
+
+
+async def test_scripts_reload_after_script_flush(zen: Zen, target: Target) -> None:
+    ks = zen.redis.keyspace("state")
+    key = ks.key("{z4}", "agent", "a2")
+    await ks.run_script("versioned_hset", [key], ["", "", "x", "1"])
+    for server in masters(target.group):
+        server.cli("SCRIPT", "FLUSH")
+    assert await ks.run_script("versioned_hset", [key], ["", "", "x", "2"]) == 2
+
+
+async def test_error_replies_are_typed(zen: Zen) -> None:
+    ks = zen.redis.keyspace("state")
+    with pytest.raises(BackendError, match=r"unknown command|doesn't exist"):
+        await ks.execute("NOSUCHCOMMAND", ks.key("x"))
+    with pytest.raises(ValidationError, match="invalid command argument"):
+        await ks.execute("SET", ks.key("x"), {"not": "encodable"})  # type: ignore[arg-type]
+
+
+async def test_200_concurrent_callers_on_a_pool_of_10(target: Target) -> None:
+    async with open_zen(target.settings(redis_max_connections=10)) as zen:
+        ks = zen.redis.keyspace("state")
+
+        async def caller(i: int) -> bytes | None:
+            await ks.set(ks.key(f"c{i}"), i)
+            return await ks.get(ks.key(f"c{i}"))
+
+        results = await asyncio.gather(*(caller(i) for i in range(200)))
+        assert results == [str(i).encode() for i in range(200)]
+        assert all(p["in_use"] + p["idle"] <= 10 for p in zen.redis.pool_usage().values())
+
+
+async def test_cancelled_commands_leave_no_connection_checked_out(target: Target) -> None:
+    async with open_zen(target.settings(redis_max_connections=10)) as zen:
+        ks = zen.redis.keyspace("state")
+        keys = [ks.key(f"x{i}") for i in range(100)]
+        await ks.set_many({k: f"value-{i}" for i, k in enumerate(keys)})
+        blocked_key = ks.key("never-pushed")
+
+        async def slow(i: int) -> object:
+            if i % 2:  # certainly mid-flight: the server holds the reply back
+                return await ks.execute("BLPOP", blocked_key, 1)
+            return await ks.get(keys[i])
+
+        tasks = [asyncio.create_task(slow(i)) for i in range(100)]
+        await asyncio.sleep(0.02)
+        for task in tasks:
+            task.cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert sum(isinstance(o, asyncio.CancelledError) for o in outcomes) >= 50
+        assert zen.redis.connections_in_use() == 0
+
+        # Every later reply answers its own command, never a cancelled one's.
+        order = random.sample(range(100), 100)
+        values = await asyncio.gather(*(ks.get(keys[i]) for i in order))
+        assert values == [f"value-{i}".encode() for i in order]
+        assert zen.redis.connections_in_use() == 0
+
+
+async def test_health_status_shape_and_values(zen: Zen, target: Target) -> None:
+    status = await zen.redis.check_health()
+    seed_keys = {
+        "redis_available",
+        "cluster_status",
+        "active_agents",
+        "circuit_breaker_failures",
+        "average_latency",
+        "database_status",
+        "last_health_check",
+    }
+    assert seed_keys <= set(status)
+    assert status["redis_available"] is True
+    assert status["active_agents"] == 0
+    assert status["circuit_breaker_failures"] == 0
+    assert 0 < status["average_latency"] < 1000
+    assert set(status["database_status"]) == {
+        "conversations",
+        "tasks",
+        "state",
+        "memory",
+        "pubsub",
+        "cache",
+        "metrics",
+    }
+    assert set(status["database_status"].values()) == {"healthy"}
+    checked = datetime.fromisoformat(status["last_health_check"])
+    assert checked.utcoffset() is not None
+    assert checked.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+    assert status["topology"] == target.kind
+    assert status["circuit_breaker"]["state"] == "closed"
+    assert status["server"]["name"] == target.flavor
+    assert status["server_version"].startswith("7.0" if target.flavor == "redis" else "9.")
+    assert status["memory"]["maxmemory_policy"] == "noeviction"
+    assert status["alerts"] == []
+    if target.kind == "cluster":
+        assert status["cluster_status"] == "ok"
+        assert status["cluster"]["known_nodes"] == 6
+    else:
+        assert status["cluster_status"] == "n/a"
+    if target.kind == "sentinel":
+        master = masters(target.group)[0]
+        assert status["sentinel"]["master"] == f"{master.host}:{master.port}"
+
+
+async def test_eviction_policy_that_drops_keys_without_ttl_raises_an_alert(
+    standalone: Target,
+) -> None:
+    server = standalone.group.server  # type: ignore[union-attr]
+    server.cli("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+    try:
+        async with open_zen(standalone.settings()) as zen:
+            status = await zen.redis.check_health()
+    finally:
+        server.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    names = [a["name"] for a in status["alerts"]]
+    assert names == ["eviction_policy_unsafe"]
+    assert "allkeys-lru" in status["alerts"][0]["message"]
+
+
+async def test_port_allocation_failure_rate_alert(standalone: Target) -> None:
+    settings: Settings = standalone.settings(redis_alert_port_failures_per_minute=5)
+    async with open_zen(settings) as zen:
+        for _ in range(5):
+            zen.redis.health.record_event(PORT_ALLOCATION_FAILURE)
+        assert (await zen.redis.get_health_status())["alerts"] == []
+        zen.redis.health.record_event(PORT_ALLOCATION_FAILURE)
+        alerts = (await zen.redis.get_health_status())["alerts"]
+        assert [a["name"] for a in alerts] == ["port_allocation_failures"]
+        assert alerts[0]["value"] == 6
+
+
+async def test_raw_client_sees_what_the_core_wrote(standalone: Target) -> None:
+    """The codec's bytes are what is stored: a plain client reads the header byte."""
+    async with open_zen(standalone.settings()) as zen:
+        ks = zen.redis.keyspace("cache")
+        await ks.set(ks.key("doc"), zen.redis.codec.encode({"a": 1}))
+    server = standalone.group.server  # type: ignore[union-attr]
+    assert await raw_get(server, KEYSPACES["cache"], "zen:t:default:doc") == b'\x01{"a":1}'

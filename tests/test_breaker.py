@@ -1,0 +1,86 @@
+"""The circuit breaker's state machine, on a fake clock (tests never sleep)."""
+
+from __future__ import annotations
+
+import pytest
+
+from zen_async import DegradedError
+from zen_async.store import BreakerState, CircuitBreaker
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def breaker(clock: FakeClock) -> CircuitBreaker:
+    return CircuitBreaker(failure_threshold=3, reset_timeout=5.0, clock=clock)
+
+
+def fail(breaker: CircuitBreaker, times: int) -> None:
+    for _ in range(times):
+        probe = breaker.before_call()
+        breaker.record_failure(probe=probe)
+
+
+def test_opens_after_threshold_consecutive_failures(breaker: CircuitBreaker) -> None:
+    fail(breaker, 2)
+    assert breaker.statistics().state is BreakerState.CLOSED
+    fail(breaker, 1)
+    assert breaker.statistics().state is BreakerState.OPEN
+    with pytest.raises(DegradedError, match="3 consecutive connection failures"):
+        breaker.before_call()
+    stats = breaker.statistics()
+    assert (stats.total_failures, stats.times_opened, stats.rejected_calls) == (3, 1, 1)
+
+
+def test_a_success_resets_the_consecutive_count(breaker: CircuitBreaker) -> None:
+    fail(breaker, 2)
+    breaker.record_success(probe=breaker.before_call())
+    fail(breaker, 2)
+    assert breaker.statistics().state is BreakerState.CLOSED
+
+
+def test_half_open_admits_exactly_one_probe(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    fail(breaker, 3)
+    clock.now += 5.0
+    assert breaker.statistics().state is BreakerState.HALF_OPEN
+    assert breaker.before_call() is True
+    with pytest.raises(DegradedError):
+        breaker.before_call()  # a second caller while the probe is out
+    breaker.record_success(probe=True)
+    assert breaker.statistics().state is BreakerState.CLOSED
+    assert breaker.before_call() is False
+
+
+def test_failed_probe_reopens_for_another_reset_timeout(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    fail(breaker, 3)
+    clock.now += 5.0
+    breaker.record_failure(probe=breaker.before_call())
+    assert breaker.statistics().state is BreakerState.OPEN
+    clock.now += 4.9
+    assert breaker.statistics().state is BreakerState.OPEN
+    clock.now += 0.1
+    assert breaker.statistics().state is BreakerState.HALF_OPEN
+    # The outage is measured from the first trip, not the last probe.
+    assert breaker.statistics().open_for == pytest.approx(10.0)
+    assert breaker.statistics().times_opened == 1
+
+
+def test_a_probe_without_verdict_frees_the_slot(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    fail(breaker, 3)
+    clock.now += 5.0
+    assert breaker.before_call() is True
+    breaker.release_probe()  # e.g. the probe was cancelled
+    assert breaker.before_call() is True

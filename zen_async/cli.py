@@ -1,0 +1,106 @@
+"""The ``zen-async`` command line. Commands are thin calls into the facade."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from zen_async.config import Settings
+from zen_async.errors import ConfigError, ZenError
+from zen_async.logs import configure_logging
+from zen_async.services import open_zen
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zen-async",
+        description="State and coordination layer for AI-agent platforms on Redis.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    health = sub.add_parser("health", help="check the Redis deployment and print its health")
+    health.add_argument("--json", action="store_true", help="print the status as JSON")
+    return parser
+
+
+async def _health(settings: Settings, *, as_json: bool) -> int:
+    async with open_zen(settings) as zen:
+        status = await zen.redis.check_health()
+        if zen.redis.embedded is not None:
+            status["embedded"] = {
+                "url": zen.redis.embedded.url,
+                "data_dir": str(zen.redis.embedded.data_dir),
+            }
+    if as_json:
+        sys.stdout.write(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(render_health(status))
+    return 0 if status["redis_available"] else 1
+
+
+def render_health(status: dict[str, Any]) -> str:
+    """A human-readable health report."""
+    ok = status["redis_available"]
+    server = status.get("server") or {}
+    lines = [
+        f"redis available   {'yes' if ok else 'NO'}",
+        f"topology          {status['topology']} ({status['db_layout']} layout)",
+        f"server            {server.get('name', '?')} {server.get('version', '?')}",
+        f"cluster status    {status['cluster_status']}",
+        f"average latency   {status['average_latency']:.2f} ms",
+        f"circuit breaker   {status['circuit_breaker']['state']} "
+        f"({status['circuit_breaker_failures']} failures)",
+        f"active agents     {status['active_agents']}",
+        f"last check        {status['last_health_check']}",
+    ]
+    if "embedded" in status:
+        lines.append(
+            f"embedded server   {status['embedded']['url']} "
+            f"(data in {status['embedded']['data_dir']})"
+        )
+    memory = status.get("memory") or {}
+    if memory:
+        limit = memory["maxmemory"] or "unlimited"
+        lines.append(
+            f"memory            {memory['used_memory']} bytes used, max {limit}, "
+            f"policy {memory['maxmemory_policy']}"
+        )
+    if status.get("sentinel"):
+        lines.append(f"sentinel master   {status['sentinel']['master']}")
+    lines.append("databases")
+    lines.extend(f"  {name:<14}  {state}" for name, state in status["database_status"].items())
+    alerts = status.get("alerts") or []
+    lines.append("alerts" + ("" if alerts else "            none"))
+    lines.extend(f"  ! {a['name']}: {a['message']}" for a in alerts)
+    lines.extend(f"error: {e}" for e in status.get("errors") or [])
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``zen-async`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ConfigError as exc:
+        sys.stderr.write(f"zen-async: {exc}\n")
+        return 2
+    configure_logging(settings.zen_log_level)
+    try:
+        if args.command == "health":
+            return asyncio.run(_health(settings, as_json=args.json))
+    except ZenError as exc:
+        sys.stderr.write(f"zen-async: {type(exc).__name__}: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

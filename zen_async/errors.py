@@ -1,0 +1,124 @@
+"""The error tree of zen_async.
+
+Every error the library raises descends from one root::
+
+    ZenError
+     ├── ConfigError              invalid settings, raised at start-up
+     ├── ValidationError          bad input from a caller; nothing was stored
+     ├── NotFoundError            the entity does not exist
+     ├── ConflictError            a version or uniqueness check failed
+     ├── InvalidTransitionError   an agent lifecycle step not in the table
+     ├── CapacityError            a bounded resource is exhausted (ports, pools, journal)
+     ├── AuthError                wrong credentials or missing ACL permission
+     └── BackendError             the server could not serve the command
+          └── DegradedError       refused on purpose: the circuit is open
+
+redis-py exceptions never escape the core (``zen_async.store``): they are mapped once, at
+that boundary, with ``raise ... from exc`` so the original stays on ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "AuthError",
+    "BackendError",
+    "CapacityError",
+    "ConfigError",
+    "ConfigProblem",
+    "ConflictError",
+    "DegradedError",
+    "InvalidTransitionError",
+    "NotFoundError",
+    "ValidationError",
+    "ZenError",
+]
+
+
+class ZenError(Exception):
+    """Root of every error raised by zen_async."""
+
+
+class ConfigError(ZenError):
+    """The settings are invalid; raised once, at start-up, listing every problem found.
+
+    Attributes:
+        problems: one entry per bad variable: its name, the value given and what is accepted.
+    """
+
+    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
+        self.problems = tuple(problems)
+        lines = [p.describe() for p in self.problems]
+        if len(lines) == 1:
+            message = f"invalid configuration: {lines[0]}"
+        else:
+            message = f"invalid configuration ({len(lines)} problems):\n  " + "\n  ".join(lines)
+        super().__init__(message)
+
+
+class ConfigProblem:
+    """One bad setting: the environment variable, the value given (redacted if secret), and
+    what would be accepted."""
+
+    __slots__ = ("accepted", "value", "variable")
+
+    def __init__(self, variable: str, value: object, accepted: str) -> None:
+        self.variable = variable
+        self.value = value
+        self.accepted = accepted
+
+    def describe(self) -> str:
+        """Render as ``VAR=value: accepted ...``."""
+        return f"{self.variable}={self.value!r}: {self.accepted}"
+
+    def __repr__(self) -> str:
+        return f"ConfigProblem({self.describe()})"
+
+
+class ValidationError(ZenError):
+    """The caller's input is invalid. The message says what was wrong and what would be right;
+    stored data is untouched."""
+
+
+class NotFoundError(ZenError):
+    """The requested entity does not exist (or has expired)."""
+
+
+class ConflictError(ZenError):
+    """A write lost a race: the stored version differs from ``expected_version``, or a unique
+    value is already taken."""
+
+
+class InvalidTransitionError(ZenError):
+    """A lifecycle transition that the transition table does not allow."""
+
+
+class CapacityError(ZenError):
+    """A bounded resource is exhausted: the port range, a connection pool, the outage journal."""
+
+
+class AuthError(ZenError):
+    """Authentication or authorisation failed. Names the user, never the password."""
+
+
+class BackendError(ZenError):
+    """The server could not serve the command: unreachable, timed out, failing over, or an
+    unexpected error reply.
+
+    Attributes:
+        retryable: True when the same command may succeed later (connection lost, timeout,
+            failover in progress); False for a definite error reply.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class DegradedError(BackendError):
+    """The operation was refused without reaching the server because the circuit breaker is
+    open (or the operation cannot be done safely while degraded). The message says why."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True)

@@ -1,0 +1,104 @@
+"""The one place where redis-py exceptions become :mod:`zen_async.errors`.
+
+Lua scripts signal domain errors with an error reply whose first word is a code
+(``redis.error_reply("CONFLICT expected version 3, found 4")``); :data:`SCRIPT_ERROR_CODES`
+maps those codes to the typed errors.
+"""
+
+from __future__ import annotations
+
+from redis import exceptions as rx
+
+from zen_async.errors import (
+    AuthError,
+    BackendError,
+    CapacityError,
+    ConflictError,
+    InvalidTransitionError,
+    NotFoundError,
+    ValidationError,
+    ZenError,
+)
+
+SCRIPT_ERROR_CODES: dict[str, type[ZenError]] = {
+    "CONFLICT": ConflictError,
+    "NOTFOUND": NotFoundError,
+    "INVALID": InvalidTransitionError,
+    "CAPACITY": CapacityError,
+    "VALIDATION": ValidationError,
+}
+
+# Replies that mean "the server is there but cannot take writes right now": a failover or
+# resharding in progress. Retryable, and not evidence that the server is down.
+_TRANSIENT_PREFIXES = (
+    "READONLY",
+    "NOREPLICAS",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "LOADING",
+    "MASTERDOWN",
+    "BUSY ",
+)
+
+_POOL_EXHAUSTED = "No connection available."
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when ``exc`` says the server is unreachable or not answering: what the circuit
+    breaker counts. Pool exhaustion, loading, READONLY and failover replies are not outages."""
+    if isinstance(exc, rx.MaxConnectionsError | rx.BusyLoadingError):
+        return False
+    if isinstance(exc, rx.ConnectionError) and str(exc) == _POOL_EXHAUSTED:
+        return False
+    return isinstance(exc, rx.ConnectionError | rx.TimeoutError)
+
+
+RedisFailure = (rx.RedisError, rx.RedisClusterException)
+"""What redis-py raises: its RedisError tree, and cluster routing errors outside it."""
+
+
+def map_error(exc: Exception, *, user: str | None = None) -> ZenError:
+    """Translate a redis-py exception into the ZenError tree (the caller raises it ``from``)."""
+    who = f"user {user!r}" if user else "the default user"
+    if isinstance(exc, rx.AuthenticationError | rx.AuthenticationWrongNumberOfArgsError):
+        return AuthError(f"authentication failed for {who}: {_first_line(exc)}")
+    if isinstance(exc, rx.NoPermissionError):
+        return AuthError(f"{who} is not permitted to do this: {_first_line(exc)}")
+    if isinstance(exc, rx.MaxConnectionsError) or (
+        isinstance(exc, rx.ConnectionError) and str(exc) == _POOL_EXHAUSTED
+    ):
+        return CapacityError(
+            "no connection became free in the pool in time; raise REDIS_MAX_CONNECTIONS or "
+            "REDIS_POOL_TIMEOUT, or lower the concurrency"
+        )
+    if isinstance(exc, rx.ConnectionError | rx.TimeoutError):
+        return BackendError(f"server unreachable: {_first_line(exc)}", retryable=True)
+    if isinstance(exc, rx.ClusterDownError | rx.TryAgainError | rx.ReadOnlyError):
+        return BackendError(f"failover in progress: {_first_line(exc)}", retryable=True)
+    if isinstance(exc, rx.DataError):
+        return ValidationError(f"invalid command argument: {exc}")
+    if isinstance(exc, rx.ResponseError):
+        return _map_reply(exc, who)
+    if isinstance(exc, rx.SlotNotCoveredError):
+        return BackendError(f"cluster slot not covered (failover?): {exc}", retryable=True)
+    return BackendError(f"{type(exc).__name__}: {_first_line(exc)}")
+
+
+def _map_reply(exc: rx.ResponseError, who: str) -> ZenError:
+    message = str(exc)
+    code, _, rest = message.partition(" ")
+    typed = SCRIPT_ERROR_CODES.get(code)
+    if typed is not None:
+        return typed(rest)
+    if code in ("NOAUTH", "WRONGPASS"):
+        return AuthError(f"authentication failed for {who}: {message}")
+    if code == "NOPERM":
+        return AuthError(f"{who} is not permitted to do this: {message}")
+    if message.startswith(_TRANSIENT_PREFIXES):
+        return BackendError(f"server busy or failing over: {message}", retryable=True)
+    return BackendError(f"error reply: {message}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,155 @@
+"""Circuit breaker: closed, open after K consecutive outage failures, half-open with one probe.
+
+Only outages count (connection failures and timeouts, see ``_errors.is_outage``); an error
+reply, pool exhaustion or a failover reply is evidence the server is there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import structlog
+
+from zen_async.errors import DegradedError
+
+__all__ = ["BreakerState", "BreakerStatistics", "CircuitBreaker"]
+
+log = structlog.get_logger(__name__)
+
+
+class BreakerState(StrEnum):
+    """Where the breaker stands."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerStatistics:
+    """A snapshot of the breaker's state and counters."""
+
+    state: BreakerState
+    consecutive_failures: int
+    total_failures: int
+    times_opened: int
+    rejected_calls: int
+    opened_at: float | None
+    """Monotonic time the current outage began (first trip), or None when closed."""
+    open_for: float
+    """Seconds since the current outage began (0 when closed)."""
+
+
+class CircuitBreaker:
+    """An asyncio circuit breaker. Single-threaded by design: call it from the event loop.
+
+    Args:
+        failure_threshold: consecutive outage failures that open the circuit.
+        reset_timeout: seconds open before one probe call is let through (half-open).
+        clock: monotonic clock, replaceable by a fake in tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        failure_threshold: int,
+        reset_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._threshold = failure_threshold
+        self._reset_timeout = reset_timeout
+        self._clock = clock
+        self._state = BreakerState.CLOSED
+        self._consecutive = 0
+        self._total = 0
+        self._opened = 0
+        self._rejected = 0
+        self._opened_at: float | None = None  # start of the current outage
+        self._last_trip: float | None = None  # start of the current wait for a probe
+        self._probe_in_flight = False
+
+    @property
+    def state(self) -> BreakerState:
+        """The current state; an open breaker past its reset timeout reads as half-open."""
+        if (
+            self._state is BreakerState.OPEN
+            and self._last_trip is not None
+            and self._clock() - self._last_trip >= self._reset_timeout
+        ):
+            return BreakerState.HALF_OPEN
+        return self._state
+
+    def before_call(self) -> bool:
+        """Admit or refuse a call. Returns True when the call is the half-open probe.
+
+        Raises:
+            DegradedError: the circuit is open, or a probe is already in flight.
+        """
+        if self._state is BreakerState.CLOSED:
+            return False
+        if self.state is BreakerState.HALF_OPEN and not self._probe_in_flight:
+            self._probe_in_flight = True
+            self._state = BreakerState.HALF_OPEN
+            return True
+        self._rejected += 1
+        raise DegradedError(
+            f"circuit breaker open after {self._consecutive} consecutive connection failures "
+            f"or timeouts; the next probe is in {self._retry_in():.1f}s"
+        )
+
+    def _retry_in(self) -> float:
+        if self._last_trip is None:
+            return 0.0
+        return max(0.0, self._reset_timeout - (self._clock() - self._last_trip))
+
+    def record_success(self, *, probe: bool = False) -> None:
+        """Note a call that reached the server (any reply, even an error reply)."""
+        if probe or self._state is not BreakerState.CLOSED:
+            self._probe_in_flight = False
+            if self._state is not BreakerState.CLOSED:
+                log.info("circuit_closed", after_failures=self._consecutive)
+            self._state = BreakerState.CLOSED
+            self._opened_at = None
+            self._last_trip = None
+        self._consecutive = 0
+
+    def record_failure(self, *, probe: bool = False) -> None:
+        """Note an outage failure (connection failure or timeout)."""
+        self._consecutive += 1
+        self._total += 1
+        if probe:
+            self._probe_in_flight = False
+            self._trip()
+        elif self._state is BreakerState.CLOSED and self._consecutive >= self._threshold:
+            self._trip()
+
+    def release_probe(self) -> None:
+        """Give the probe slot back when the probe call ended without a verdict (cancelled,
+        or failed on something that is not an outage)."""
+        self._probe_in_flight = False
+
+    def _trip(self) -> None:
+        now = self._clock()
+        if self._opened_at is None:
+            self._opened += 1
+            self._opened_at = now
+            log.warning("circuit_opened", consecutive_failures=self._consecutive)
+        self._state = BreakerState.OPEN
+        self._last_trip = now
+
+    def statistics(self) -> BreakerStatistics:
+        """Counters and state, for health reports."""
+        state = self.state
+        open_for = 0.0 if self._opened_at is None else self._clock() - self._opened_at
+        return BreakerStatistics(
+            state=state,
+            consecutive_failures=self._consecutive,
+            total_failures=self._total,
+            times_opened=self._opened,
+            rejected_calls=self._rejected,
+            opened_at=self._opened_at,
+            open_for=open_for,
+        )

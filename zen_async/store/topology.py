@@ -1,0 +1,281 @@
+"""Building redis-py clients for each topology, one per logical keyspace.
+
+- standalone, ``databases`` layout: one ``BlockingConnectionPool`` per keyspace, each on its
+  own DB index;
+- standalone, ``prefixed`` layout: one ``BlockingConnectionPool`` shared by every keyspace;
+- Sentinel: the same, with a blocking pool that asks the sentinels for the master and follows
+  it after a failover;
+- Cluster: one ``RedisCluster`` for every keyspace (DB 0), with a semaphore in front because
+  its per-node pools raise instead of waiting.
+
+redis-py's own retries are switched off: the command runner retries only what is safe to
+retry (``zen_async.store.keyspace``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Final
+
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
+from redis.driver_info import DriverInfo
+
+from zen_async.config import Address, Settings, Topology
+
+__all__ = ["KEYSPACES", "Backend", "build_backend", "driver_info"]
+
+KEYSPACES: Final[dict[str, int]] = {
+    "conversations": 0,
+    "tasks": 1,
+    "state": 2,
+    "memory": 3,
+    "streams": 4,
+    "cache": 5,
+    "metrics": 6,
+}
+"""Logical keyspaces and their DB index in the ``databases`` layout (the seed's allocation)."""
+
+CLIENT_NAME: Final = "zen-async"
+
+
+class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+    """A Sentinel-managed pool that waits for a free connection instead of raising.
+
+    ``SentinelConnectionPool`` finds the master (and re-finds it after a failover);
+    ``BlockingConnectionPool`` supplies ``get_connection``/``release`` that wait up to
+    ``timeout`` seconds. Neither overrides what the other provides.
+    """
+
+
+@dataclass(eq=False)
+class Backend:
+    """The redis-py clients for one deployment. Internal to the core."""
+
+    topology: Topology
+    layout: str
+    clients: dict[str, Redis | RedisCluster]
+    """One client per keyspace name (shared objects where the layout shares a pool)."""
+    dbs: dict[str, int]
+    """The DB index each keyspace writes to."""
+    sentinel: Sentinel | None = None
+    master_name: str | None = None
+    cluster: RedisCluster | None = None
+    bound: asyncio.Semaphore | None = None
+    """Concurrency bound in front of a cluster client (None elsewhere)."""
+    max_connections: int = 0
+    _closed: bool = field(default=False, repr=False)
+
+    def distinct_clients(self) -> list[tuple[str, Redis | RedisCluster]]:
+        """Each distinct client once, named by the first keyspace using it."""
+        seen: dict[int, tuple[str, Redis | RedisCluster]] = {}
+        for name, client in self.clients.items():
+            seen.setdefault(id(client), (name, client))
+        return list(seen.values())
+
+    def pool_usage(self) -> dict[str, dict[str, int]]:
+        """Connections in use and idle per pool (per cluster node on Cluster)."""
+        usage: dict[str, dict[str, int]] = {}
+        if self.cluster is not None:
+            for node in self.cluster.get_nodes():
+                in_use = len(node._connections) - len(node._free)
+                usage[node.name] = {
+                    "in_use": in_use,
+                    "idle": len(node._free),
+                    "max": node.max_connections,
+                }
+            return usage
+        for name, client in self.distinct_clients():
+            assert isinstance(client, Redis)
+            pool = client.connection_pool
+            usage[name] = {
+                "in_use": len(pool._in_use_connections),
+                "idle": len(pool._available_connections),
+                "max": pool.max_connections,
+            }
+        return usage
+
+    def connections_in_use(self) -> int:
+        """Total connections checked out of every pool."""
+        return sum(p["in_use"] for p in self.pool_usage().values())
+
+    async def aclose(self) -> None:
+        """Close every pool and the sentinel manager."""
+        if self._closed:
+            return
+        self._closed = True
+        for _, client in self.distinct_clients():
+            if isinstance(client, Redis):
+                # A client handed a pool does not own it: close the pool explicitly.
+                await client.aclose(close_connection_pool=True)
+            else:
+                await client.aclose()
+        if self.sentinel is not None:
+            for sentinel in self.sentinel.sentinels:
+                await sentinel.aclose()
+
+
+def _no_retry() -> Retry:
+    return Retry(NoBackoff(), 0)
+
+
+def driver_info() -> DriverInfo:
+    """What connections report with CLIENT SETINFO: redis-py with zen-async upstream.
+
+    Resolved once: redis-py would otherwise read package metadata from disk for every new
+    connection, on the event loop. Call it off the loop (it reads that metadata once).
+    """
+    from zen_async import __version__  # noqa: PLC0415 - the package imports this module
+
+    info = DriverInfo(name="redis-py", lib_version=metadata.version("redis"))
+    return info.add_upstream_driver("zen-async", __version__)
+
+
+def _connection_kwargs(settings: Settings, driver: DriverInfo) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "driver_info": driver,
+        "username": settings.username,
+        "password": settings.password,
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        "socket_keepalive": True,
+        "client_name": CLIENT_NAME,
+        "retry": _no_retry(),
+    }
+    if settings.tls:
+        kwargs.update(_tls_kwargs(settings))
+    return kwargs
+
+
+def _tls_kwargs(settings: Settings) -> dict[str, Any]:
+    return {
+        "ssl_ca_certs": str(settings.redis_tls_ca_file) if settings.redis_tls_ca_file else None,
+        "ssl_certfile": (
+            str(settings.redis_tls_cert_file) if settings.redis_tls_cert_file else None
+        ),
+        "ssl_keyfile": str(settings.redis_tls_key_file) if settings.redis_tls_key_file else None,
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": settings.redis_tls_check_hostname,
+    }
+
+
+def _standalone_pool(settings: Settings, db: int, driver: DriverInfo) -> BlockingConnectionPool:
+    kwargs = _connection_kwargs(settings, driver)
+    socket_path = settings.unix_socket
+    connection_class: type[Connection] | type[UnixDomainSocketConnection]
+    if socket_path is not None:
+        for key in [k for k in kwargs if k.startswith("ssl_")] + ["socket_keepalive"]:
+            kwargs.pop(key, None)
+        connection_class = UnixDomainSocketConnection
+        kwargs["path"] = socket_path
+    else:
+        host, port = settings.server_address
+        connection_class = SSLConnection if settings.tls else Connection
+        kwargs.update(host=host, port=port)
+    return BlockingConnectionPool(
+        connection_class=connection_class,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_timeout,
+        db=db,
+        **kwargs,
+    )
+
+
+def _keyspace_dbs(settings: Settings) -> dict[str, int]:
+    if settings.db_layout == "databases":
+        return dict(KEYSPACES)
+    return dict.fromkeys(KEYSPACES, settings.base_db)
+
+
+def build_backend(settings: Settings, driver: DriverInfo) -> Backend:
+    """Create (without connecting) the clients for the configured topology."""
+    dbs = _keyspace_dbs(settings)
+    topology = settings.topology
+    if topology == "cluster":
+        return _build_cluster(settings, dbs, driver)
+    if topology == "sentinel":
+        return _build_sentinel(settings, dbs, driver)
+    by_db: dict[int, Redis] = {}
+    clients: dict[str, Redis | RedisCluster] = {}
+    for name, db in dbs.items():
+        if db not in by_db:
+            by_db[db] = Redis(connection_pool=_standalone_pool(settings, db, driver))
+        clients[name] = by_db[db]
+    return Backend(
+        topology=topology,
+        layout=settings.db_layout,
+        clients=clients,
+        dbs=dbs,
+        max_connections=settings.redis_max_connections,
+    )
+
+
+def _build_sentinel(settings: Settings, dbs: dict[str, int], driver: DriverInfo) -> Backend:
+    master_name = settings.redis_master_name
+    assert master_name is not None  # Settings guarantees it with REDIS_USE_SENTINEL
+    sentinel_kwargs: dict[str, Any] = {
+        "driver_info": driver,
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        "retry": _no_retry(),
+    }
+    if settings.redis_sentinel_password is not None:
+        sentinel_kwargs["password"] = settings.redis_sentinel_password.get_secret_value()
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        list(settings.sentinel_nodes),
+        sentinel_kwargs=sentinel_kwargs,
+        **_connection_kwargs(settings, driver),
+    )
+    by_db: dict[int, Redis] = {}
+    clients: dict[str, Redis | RedisCluster] = {}
+    for name, db in dbs.items():
+        if db not in by_db:
+            pool = BlockingSentinelConnectionPool(  # type: ignore[no-untyped-call]
+                master_name,
+                sentinel,
+                db=db,
+                max_connections=settings.redis_max_connections,
+                timeout=settings.redis_pool_timeout,
+                ssl=settings.tls,
+                **_connection_kwargs(settings, driver),
+            )
+            by_db[db] = Redis(connection_pool=pool)
+        clients[name] = by_db[db]
+    return Backend(
+        topology="sentinel",
+        layout=settings.db_layout,
+        clients=clients,
+        dbs=dbs,
+        sentinel=sentinel,
+        master_name=master_name,
+        max_connections=settings.redis_max_connections,
+    )
+
+
+def _build_cluster(settings: Settings, dbs: dict[str, int], driver: DriverInfo) -> Backend:
+    kwargs = _connection_kwargs(settings, driver)
+    kwargs.pop("socket_keepalive", None)
+    startup: list[Address] = list(settings.cluster_nodes)
+    cluster = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in startup],
+        max_connections=settings.redis_max_connections,
+        require_full_coverage=True,
+        ssl=settings.tls,
+        **kwargs,
+    )
+    clients: dict[str, Redis | RedisCluster] = dict.fromkeys(dbs, cluster)
+    return Backend(
+        topology="cluster",
+        layout=settings.db_layout,
+        clients=clients,
+        dbs=dbs,
+        cluster=cluster,
+        bound=asyncio.Semaphore(settings.redis_max_connections),
+        max_connections=settings.redis_max_connections,
+    )
