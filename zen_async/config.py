@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     redis_retry_attempts: int = Field(3, ge=0, le=20)
     redis_health_check_interval: float = Field(5.0, gt=0)
     redis_breaker_failure_threshold: int = Field(5, ge=1)
-    redis_breaker_reset_timeout: float = Field(5.0, gt=0)
+    redis_breaker_reset_timeout: float = Field(1.0, gt=0)
 
     # --- data -----------------------------------------------------------------------------
     redis_namespace: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")

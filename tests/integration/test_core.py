@@ -28,7 +28,8 @@ async def raw_get(server: ServerProcess, db: int, key: str) -> bytes | None:
     """GET through a plain redis-py client, bypassing zen."""
     client = raw_redis.Redis(host=server.host, port=server.port, db=db, password=server.password)
     try:
-        value: bytes | None = await client.get(key)
+        value = await client.get(key)
+        assert value is None or isinstance(value, bytes)
         return value
     finally:
         await client.aclose()
@@ -270,3 +271,22 @@ async def test_raw_client_sees_what_the_core_wrote(standalone: Target) -> None:
         await ks.set(ks.key("doc"), zen.redis.codec.encode({"a": 1}))
     server = standalone.group.server  # type: ignore[union-attr]
     assert await raw_get(server, KEYSPACES["cache"], "zen:t:default:doc") == b'\x01{"a":1}'
+
+
+async def test_latency_and_agent_count_alerts(standalone: Target) -> None:
+    settings = standalone.settings(
+        redis_alert_latency_ms=0.000001,  # every real round trip is "slow"
+        redis_alert_latency_window_seconds=0.000001,
+        redis_alert_active_agents=1200,
+    )
+    async with open_zen(settings) as zen:
+
+        async def active_agents() -> int:
+            return 1201
+
+        zen.redis.health.active_agents_source = active_agents
+        await zen.redis.check_health()  # latency first seen high
+        status = await zen.redis.check_health()  # and still high after the window
+    assert status["active_agents"] == 1201
+    names = sorted(a["name"] for a in status["alerts"])
+    assert names == ["high_latency", "too_many_agents"]

@@ -1,0 +1,188 @@
+"""Faults on real processes: kill -9 of a Sentinel master and of a Cluster master, SIGSTOP of a
+standalone server, and a restart. Each fault test starts its own deployment."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import pytest
+
+from zen_async import BreakerState, DegradedError, ZenError, open_zen
+from zen_async.testing import ClusterGroup, Flavor, SentinelGroup, ServerProcess, Standalone
+from zen_async.testing.deployments import settings_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+FLAVORS: list[Flavor] = ["redis", "valkey"]
+T = TypeVar("T")
+
+
+async def until_ok(op: Callable[[], Awaitable[T]], *, deadline: float) -> tuple[T, float]:
+    """Retry ``op`` on ZenError until it succeeds; returns its result and the seconds it took.
+
+    Fails the test if the deadline (seconds from now) passes first.
+    """
+    started = time.monotonic()
+    last: ZenError | None = None
+    while time.monotonic() - started < deadline:
+        try:
+            return await op(), time.monotonic() - started
+        except ZenError as exc:
+            last = exc
+            await asyncio.sleep(0.05)
+    pytest.fail(f"no success within {deadline}s; last error: {last!r}")
+
+
+def wait_replicas_caught_up(server: ServerProcess, *, timeout: float = 10.0) -> None:
+    """Block until every replica of ``server`` has acknowledged its whole replication stream,
+    so a failover cannot lose what was written before (the Cluster analogue of WAIT)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = dict(
+            line.split(":", 1) for line in server.cli("INFO", "replication").split() if ":" in line
+        )
+        master_offset = int(info.get("master_repl_offset", "-1"))
+        replicas = [v for k, v in info.items() if k.startswith("slave") and k[5:].isdigit()]
+        offsets = [int(dict(f.split("=") for f in r.split(","))["offset"]) for r in replicas]
+        if offsets and min(offsets) >= master_offset:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"replicas of {server.port} did not catch up")
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_sentinel_master_kill_resumes_on_the_new_master(
+    flavor: Flavor, tmp_path: Path
+) -> None:
+    group = SentinelGroup(flavor, base_dir=tmp_path, down_after_ms=1000)
+    await anyio.to_thread.run_sync(group.start)
+    try:
+        settings = settings_for(group, redis_socket_timeout=1.0, redis_connect_timeout=0.5)
+        async with open_zen(settings) as zen:
+            ks = zen.redis.keyspace("state")
+            await ks.set(ks.key("before"), b"1")
+            assert await ks.execute("WAIT", 1, 2000) >= 1
+            old = group.current_master()
+            old.kill()
+
+            async def write_and_read() -> bytes | None:
+                await ks.set(ks.key("after"), b"2")
+                return await ks.get(ks.key("before"))
+
+            # down-after (1 s) + 3 s, in the same process, no restart of anything.
+            value, took = await until_ok(write_and_read, deadline=1.0 + 3.0)
+            assert value == b"1", "a write acknowledged by a replica survives the failover"
+            new = await anyio.to_thread.run_sync(lambda: group.wait_for_new_master(old))
+            assert new.port != old.port
+            status = await zen.redis.check_health()
+            assert status["sentinel"]["master"] == f"{new.host}:{new.port}"
+            assert status["redis_available"] is True
+            print(f"{flavor} sentinel failover: operations resumed after {took:.2f}s")
+    finally:
+        await anyio.to_thread.run_sync(group.stop)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_cluster_master_kill_resumes_once_the_replica_is_promoted(
+    flavor: Flavor, tmp_path: Path
+) -> None:
+    group = ClusterGroup(flavor, base_dir=tmp_path, node_timeout_ms=1000)
+    await anyio.to_thread.run_sync(group.start)
+    try:
+        settings = settings_for(group, redis_socket_timeout=1.0, redis_connect_timeout=0.5)
+        async with open_zen(settings) as zen:
+            ks = zen.redis.keyspace("state")
+            key = ks.key("{slot-under-test}", "value")
+            await ks.set(key, b"before")
+            others = [ks.key(f"other{i}") for i in range(50)]
+            await ks.set_many(dict.fromkeys(others, b"x"))
+            for master in group.masters():
+                await anyio.to_thread.run_sync(wait_replicas_caught_up, master)
+            victim = group.master_for_key(key)
+            victim.kill()
+
+            async def read_then_write() -> bytes | None:
+                value = await ks.get(key)
+                await ks.set(key, b"after")
+                return value
+
+            value, took = await until_ok(read_then_write, deadline=30.0)
+            assert value == b"before"
+            promoted = await anyio.to_thread.run_sync(lambda: group.wait_for_promotion(victim))
+            assert group.master_for_key(key).port == promoted.port
+            assert await ks.get(key) == b"after"
+            assert await ks.mget(others) == [b"x"] * 50  # every slot is served again
+            print(f"{flavor} cluster failover: operations resumed after {took:.2f}s")
+    finally:
+        await anyio.to_thread.run_sync(group.stop)
+
+
+async def test_breaker_opens_on_a_stopped_server_and_closes_after_it_returns(
+    tmp_path: Path,
+) -> None:
+    group = Standalone("redis", base_dir=tmp_path)
+    await anyio.to_thread.run_sync(group.start)
+    try:
+        settings = settings_for(
+            group,
+            redis_socket_timeout=0.3,
+            redis_connect_timeout=0.3,
+            redis_breaker_failure_threshold=3,
+            redis_breaker_reset_timeout=0.5,
+            redis_retry_attempts=0,
+            redis_alert_breaker_open_seconds=1e-6,  # any open breaker alerts
+        )
+        async with open_zen(settings) as zen:
+            ks = zen.redis.keyspace("state")
+            await ks.set(ks.key("k"), b"v")
+            group.server.pause()  # SIGSTOP: connections hang, replies never come
+            try:
+                outcomes: list[str] = []
+                for _ in range(5):
+                    try:
+                        await ks.get(ks.key("k"))
+                        outcomes.append("ok")
+                    except DegradedError:
+                        outcomes.append("rejected")
+                    except ZenError:
+                        outcomes.append("timeout")
+                assert outcomes == ["timeout"] * 3 + ["rejected"] * 2
+                stats = zen.redis.breaker.statistics()
+                assert stats.state is BreakerState.OPEN
+                assert stats.total_failures == 3
+                status = await zen.redis.get_health_status()
+                assert status["redis_available"] is False
+                assert status["circuit_breaker"]["state"] in ("open", "half_open")
+                assert "circuit_breaker_open" in [a["name"] for a in status["alerts"]], status
+            finally:
+                group.server.resume()
+            value, _ = await until_ok(lambda: ks.get(ks.key("k")), deadline=10.0)
+            assert value == b"v"
+            assert zen.redis.breaker.statistics().state is BreakerState.CLOSED
+            status = await zen.redis.check_health()
+            assert status["redis_available"] is True
+            assert status["circuit_breaker"]["times_opened"] == 1
+    finally:
+        await anyio.to_thread.run_sync(group.stop)
+
+
+async def test_standalone_restart_with_aof_reconnects_and_keeps_data(tmp_path: Path) -> None:
+    group = Standalone(
+        "redis", base_dir=tmp_path, extra_args=["--appendonly", "yes", "--appendfsync", "always"]
+    )
+    await anyio.to_thread.run_sync(group.start)
+    try:
+        async with open_zen(settings_for(group, redis_socket_timeout=1.0)) as zen:
+            ks = zen.redis.keyspace("tasks")
+            await ks.set(ks.key("durable"), b"yes")
+            await anyio.to_thread.run_sync(group.server.restart)
+            value, _ = await until_ok(lambda: ks.get(ks.key("durable")), deadline=10.0)
+            assert value == b"yes"
+            assert zen.redis.connections_in_use() == 0
+    finally:
+        await anyio.to_thread.run_sync(group.stop)
