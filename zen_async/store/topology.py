@@ -15,6 +15,7 @@ retry (``zen_async.store.keyspace``).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Final
@@ -193,6 +194,19 @@ def _keyspace_dbs(settings: Settings) -> dict[str, int]:
     return dict.fromkeys(KEYSPACES, settings.base_db)
 
 
+def _client_per_db(
+    dbs: dict[str, int], make_pool: Callable[[int], BlockingConnectionPool]
+) -> dict[str, Redis | RedisCluster]:
+    """One client per distinct DB index, shared by the keyspaces on that DB."""
+    by_db: dict[int, Redis] = {}
+    clients: dict[str, Redis | RedisCluster] = {}
+    for name, db in dbs.items():
+        if db not in by_db:
+            by_db[db] = Redis(connection_pool=make_pool(db))
+        clients[name] = by_db[db]
+    return clients
+
+
 def build_backend(settings: Settings, driver: DriverInfo) -> Backend:
     """Create (without connecting) the clients for the configured topology."""
     dbs = _keyspace_dbs(settings)
@@ -201,12 +215,7 @@ def build_backend(settings: Settings, driver: DriverInfo) -> Backend:
         return _build_cluster(settings, dbs, driver)
     if topology == "sentinel":
         return _build_sentinel(settings, dbs, driver)
-    by_db: dict[int, Redis] = {}
-    clients: dict[str, Redis | RedisCluster] = {}
-    for name, db in dbs.items():
-        if db not in by_db:
-            by_db[db] = Redis(connection_pool=_standalone_pool(settings, db, driver))
-        clients[name] = by_db[db]
+    clients = _client_per_db(dbs, lambda db: _standalone_pool(settings, db, driver))
     return Backend(
         topology=topology,
         layout=settings.db_layout,
@@ -232,21 +241,19 @@ def _build_sentinel(settings: Settings, dbs: dict[str, int], driver: DriverInfo)
         sentinel_kwargs=sentinel_kwargs,
         **_connection_kwargs(settings, driver),
     )
-    by_db: dict[int, Redis] = {}
-    clients: dict[str, Redis | RedisCluster] = {}
-    for name, db in dbs.items():
-        if db not in by_db:
-            pool = BlockingSentinelConnectionPool(  # type: ignore[no-untyped-call]
-                master_name,
-                sentinel,
-                db=db,
-                max_connections=settings.redis_max_connections,
-                timeout=settings.redis_pool_timeout,
-                ssl=settings.tls,
-                **_connection_kwargs(settings, driver),
-            )
-            by_db[db] = Redis(connection_pool=pool)
-        clients[name] = by_db[db]
+
+    def pool(db: int) -> BlockingConnectionPool:
+        return BlockingSentinelConnectionPool(  # type: ignore[no-untyped-call]
+            master_name,
+            sentinel,
+            db=db,
+            max_connections=settings.redis_max_connections,
+            timeout=settings.redis_pool_timeout,
+            ssl=settings.tls,
+            **_connection_kwargs(settings, driver),
+        )
+
+    clients = _client_per_db(dbs, pool)
     return Backend(
         topology="sentinel",
         layout=settings.db_layout,
