@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 
 import anyio
 
+from zen_async._tasks import background
 from zen_async.config import Settings
+from zen_async.errors import ValidationError
+from zen_async.events import EventLog
 from zen_async.store.manager import RedisManager, open_redis_manager
 
 __all__ = ["Zen", "open_zen"]
+
+_TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class Zen:
@@ -19,11 +25,27 @@ class Zen:
     Attributes:
         settings: the effective settings.
         redis: the core: pools, pipelines, scripts, breaker, health.
+        events: the event log (Streams) and its consumers.
     """
 
-    def __init__(self, settings: Settings, redis: RedisManager) -> None:
-        self.settings = settings
+    def __init__(self, redis: RedisManager, *, tenant: str | None = None) -> None:
+        self.settings = redis.settings
+        self.tenant = tenant or redis.settings.namespace
         self.redis = redis
+        self.events = EventLog(redis, tenant=self.tenant)
+
+    def for_tenant(self, tenant: str) -> Zen:
+        """A view of the same deployment bound to another tenant: it shares the pools and
+        background tasks; every key it touches lives under that tenant's namespace.
+
+        Raises:
+            ValidationError: an invalid tenant name.
+        """
+        if not _TENANT.fullmatch(tenant):
+            raise ValidationError(
+                f"tenant {tenant!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ . -"
+            )
+        return Zen(self.redis, tenant=tenant)
 
 
 @contextlib.asynccontextmanager
@@ -42,4 +64,7 @@ async def open_zen(settings: Settings | None = None) -> AsyncIterator[Zen]:
     if settings is None:  # reads the environment and .env: file I/O, kept off the loop
         settings = await anyio.to_thread.run_sync(Settings)
     async with open_redis_manager(settings) as redis:
-        yield Zen(redis.settings, redis)
+        zen = Zen(redis)
+        redis.bind_services(events=zen.events)
+        async with background(event_trim=zen.events.run()):
+            yield zen

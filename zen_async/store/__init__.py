@@ -6,6 +6,7 @@ Nothing above this package imports redis-py or sees its exceptions.
 from zen_async.store.breaker import BreakerState, BreakerStatistics, CircuitBreaker
 from zen_async.store.keyspace import Arg, Keyspace
 from zen_async.store.manager import RedisManager, open_redis_manager
+from zen_async.store.pubsub import Message, Reconnected, Subscription
 from zen_async.store.topology import KEYSPACES
 
 __all__ = [
@@ -15,6 +16,9 @@ __all__ = [
     "BreakerStatistics",
     "CircuitBreaker",
     "Keyspace",
+    "Message",
+    "Reconnected",
     "RedisManager",
+    "Subscription",
     "open_redis_manager",
 ]

@@ -8,6 +8,7 @@ which owns the circuit breaker, the retry policy and the mapping of redis-py err
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -169,6 +170,16 @@ class CommandRunner:
             return result
 
 
+def _reply_options(args: Sequence[Arg]) -> dict[str, bool]:
+    """Options redis-py's reply parsers need to read some command forms correctly."""
+    name = str(args[0]).upper()
+    if name == "XPENDING" and len(args) > 3:  # the extended form: one row per entry
+        return {"parse_detail": True}
+    if name in ("XCLAIM", "XAUTOCLAIM") and any(str(a).upper() == "JUSTID" for a in args):
+        return {"parse_justid": True}
+    return {}
+
+
 def _backoff(attempt: int) -> float:
     ceiling: float = min(_RETRY_CAP, _RETRY_BASE * 2.0**attempt)
     jitter: float = random.uniform(0, ceiling / 2)
@@ -261,7 +272,10 @@ class Keyspace:
         if idempotent is None:
             idempotent = str(args[0]).upper() in _IDEMPOTENT
         client = self._client
-        return await self._runner.call(lambda: client.execute_command(*args), idempotent=idempotent)
+        options = _reply_options(args)
+        return await self._runner.call(
+            lambda: client.execute_command(*args, **options), idempotent=idempotent
+        )
 
     async def get(self, key: str) -> bytes | None:
         """GET ``key``."""
@@ -353,15 +367,9 @@ class Keyspace:
 
     async def _pipeline(self, chunk: Sequence[Sequence[Arg]], *, idempotent: bool) -> list[Any]:
         client = self._client
-
-        async def send() -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            for command in chunk:
-                pipe.execute_command(*command)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-            return replies
-
-        replies = await self._runner.call(send, idempotent=idempotent)
+        replies = await self._runner.call(
+            lambda: self._send_pipeline(client, chunk), idempotent=idempotent
+        )
         return [map_error(r) if isinstance(r, RedisFailure) else r for r in replies]
 
     def _by_slot(self, keys: Iterable[str]) -> dict[int, list[str]]:
@@ -373,10 +381,24 @@ class Keyspace:
         return groups
 
     # --- scripts ------------------------------------------------------------------------
-    async def run_script(self, name: str, keys: Sequence[str], args: Sequence[Arg] = ()) -> Any:
+    async def run_script(
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[Arg] = (),
+        *,
+        idempotent: bool | None = None,
+    ) -> Any:
         """Run the Lua operation ``name`` by EVALSHA (EVAL after a NOSCRIPT reply).
 
         Keys must be full names; on Cluster they must share a hash slot.
+
+        Args:
+            name: the script's file stem.
+            keys: its KEYS.
+            args: its ARGV.
+            idempotent: override the script's own declaration for this call (e.g. a publish
+                that carries an idempotency key may be resent).
 
         Raises:
             ConflictError, NotFoundError, ...: the script's typed error reply.
@@ -387,6 +409,70 @@ class Keyspace:
         n = len(keys)
         return await self._runner.call(
             lambda: client.execute_command("EVALSHA", script.sha, n, *keys, *args),
-            idempotent=script.idempotent,
+            idempotent=script.idempotent if idempotent is None else idempotent,
             on_noscript=lambda: client.execute_command("EVAL", script.source, n, *keys, *args),
         )
+
+    async def run_script_many(
+        self,
+        name: str,
+        calls: Sequence[tuple[Sequence[str], Sequence[Arg]]],
+        *,
+        raise_on_error: bool = True,
+    ) -> list[Any]:
+        """Run the Lua operation ``name`` once per ``(keys, args)``, pipelined in batches
+        (slot-aware on Cluster). Each call is atomic on its own; the batch is not.
+
+        Returns:
+            The replies in order; with ``raise_on_error=False`` a failed call's place holds
+            its ZenError.
+        """
+        script = self._scripts[name]
+        commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
+        client = self._client
+        pipelining, batch_size, _ = self._settings
+        replies: list[Any] = []
+        for start in range(0, len(commands), batch_size):
+            chunk = commands[start : start + batch_size]
+            if not pipelining:
+                replies.extend(
+                    await asyncio.gather(
+                        *(
+                            self._script_call(name, keys, args)
+                            for keys, args in calls[start : start + batch_size]
+                        )
+                    )
+                )
+                continue
+            raw = await self._runner.call(
+                functools.partial(self._send_pipeline, client, chunk), idempotent=False
+            )
+            for i, outcome in enumerate(raw):
+                if isinstance(outcome, rx.NoScriptError):  # this node lacks the script: EVAL
+                    keys, args = calls[start + i]
+                    replies.append(await self._script_call(name, keys, args))
+                elif isinstance(outcome, RedisFailure):
+                    replies.append(map_error(outcome))
+                else:
+                    replies.append(outcome)
+        if raise_on_error:
+            for reply in replies:
+                if isinstance(reply, ZenError):
+                    raise reply
+        return replies
+
+    async def _script_call(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        try:
+            return await self.run_script(name, keys, args)
+        except ZenError as exc:
+            return exc
+
+    @staticmethod
+    async def _send_pipeline(
+        client: Redis | RedisCluster, commands: Sequence[Sequence[Arg]]
+    ) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command, **_reply_options(command))
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies

@@ -7,25 +7,34 @@ stops the health task, closes every pool and stops the embedded server if one wa
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import structlog
+from redis.asyncio import Redis
 
+from zen_async._tasks import background
 from zen_async.codec import Codec
 from zen_async.config import Settings
-from zen_async.errors import ZenError
+from zen_async.errors import ValidationError, ZenError
 from zen_async.store.breaker import CircuitBreaker
 from zen_async.store.embedded import EmbeddedServer, open_embedded_server
 from zen_async.store.health import HealthMonitor
 from zen_async.store.keyspace import CommandRunner, Keyspace
+from zen_async.store.pubsub import Subscription
 from zen_async.store.scripts import ScriptRegistry
 from zen_async.store.topology import KEYSPACES, Backend, build_backend, driver_info
 
-__all__ = ["RedisManager", "open_redis_manager"]
+__all__ = ["AgentEventPublisher", "RedisManager", "open_redis_manager"]
+
+
+class AgentEventPublisher(Protocol):
+    """What ``publish_agent_event`` delegates to (``zen_async.events.EventLog``)."""
+
+    async def publish_agent_event(self, agent_id: str, event_type: str, data: Any) -> str: ...
+
 
 log = structlog.get_logger(__name__)
 
@@ -81,6 +90,27 @@ class RedisManager:
             for name in KEYSPACES
         }
         self.health = HealthMonitor(settings, backend, self._keyspaces, self.runner)
+        self._events: AgentEventPublisher | None = None
+
+    def bind_services(self, *, events: AgentEventPublisher | None = None) -> None:
+        """Attach the domain services the seed-compatible methods delegate to (the facade
+        does this; the core never imports the domain layer)."""
+        if events is not None:
+            self._events = events
+
+    async def publish_agent_event(self, agent_id: str, event_type: str, data: Any) -> str:
+        """Seed-compatible: append an event to the agent's stream shard and audit trail, and
+        send a pub/sub hint. Returns the event id. Delegates to ``zen.events``.
+
+        Raises:
+            ValidationError: bad agent id, event type or data.
+            ZenError: no event log is bound (a bare RedisManager outside ``open_zen``).
+        """
+        if self._events is None:
+            raise ZenError("publish_agent_event needs the event log: open zen with open_zen()")
+        return await self._events.publish_agent_event(agent_id, event_type, data)
+
+    _publish_agent_event = publish_agent_event  # the seed's private name, kept as an alias
 
     @property
     def topology(self) -> str:
@@ -99,6 +129,35 @@ class RedisManager:
         except KeyError:
             raise KeyError(f"no keyspace {name!r}; known: {sorted(self._keyspaces)}") from None
         return ks if tenant is None or tenant == ks.tenant else ks.for_tenant(tenant)
+
+    def subscribe(self, *channels: str) -> Subscription:
+        """A subscription to full channel names (build them with ``Keyspace.key``), to use as
+        ``async with redis.subscribe(ch) as sub: async for item in sub: ...``. It reconnects
+        by itself and yields :class:`Reconnected` after each reconnect.
+
+        Raises:
+            ValidationError: no channel given.
+        """
+        if not channels:
+            raise ValidationError("subscribe() needs at least one channel name")
+        backend = self._backend
+        if backend.cluster is not None:
+            cluster = backend.cluster
+            return Subscription(cluster.pubsub, channels)
+        client = backend.clients["streams"]
+        assert isinstance(client, Redis)
+        return Subscription(client.pubsub, channels)
+
+    async def publish(self, channel: str, data: bytes) -> int:
+        """PUBLISH ``data`` on a full channel name; returns how many subscribers got it.
+
+        Pub/sub carries hints, which subscribers must tolerate twice: so a publish whose
+        reply was lost is sent again.
+        """
+        receivers: int = await self._keyspaces["streams"].execute(
+            "PUBLISH", channel, data, idempotent=True
+        )
+        return receivers
 
     def pool_usage(self) -> dict[str, dict[str, int]]:
         """Connections in use and idle, per pool (per node on Cluster)."""
@@ -154,22 +213,8 @@ async def open_redis_manager(settings: Settings) -> AsyncIterator[RedisManager]:
             log.warning("redis_first_check_failed", error=str(exc))
         if report is not None and not report.available:
             log.warning("redis_unreachable", topology=backend.topology, errors=report.errors)
-        # An owned task rather than a task group around the yield: a task group would wrap
-        # whatever the caller's block raises in an ExceptionGroup.
-        health_task = asyncio.create_task(manager.health.run(), name="zen-health")
-        stack.push_async_callback(_cancel_and_wait, health_task)
-        yield manager
-
-
-async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with anyio.CancelScope(shield=True):
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("health_task_failed")
+        async with background(health=manager.health.run()):
+            yield manager
 
 
 async def _shielded_close(backend: Backend) -> None:

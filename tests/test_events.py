@@ -1,0 +1,228 @@
+"""The event log on every topology: publish, idempotency, agent events with audit and hints,
+replay, consumer groups (ack after success, dead letters, dedupe, graceful stop), trimming."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from zen_async import ValidationError, Zen, open_zen
+from zen_async.events import AGENT_STREAMS, Event, NewEvent
+from zen_async.store import Message
+from zen_async.testing.deployments import Target
+
+
+async def collect(events: AsyncIterator[Event]) -> list[Event]:
+    return [e async for e in events]
+
+
+async def test_publish_and_replay_round_trip(zen: Zen) -> None:
+    events = zen.events
+    payload = {"nested": {"list": [1, 2, {"deep": True}]}, "text": "héllo"}
+    first = await events.publish("orders", "order_placed", payload, agent_id="agent-1")
+    second = await events.publish("orders", "order_shipped", {"n": 2})
+    replayed = await collect(events.replay("orders"))
+    assert [e.id for e in replayed] == [first, second]
+    assert replayed[0].data == payload  # a nested dict goes in as JSON and comes back whole
+    assert replayed[0].type == "order_placed"
+    assert replayed[0].agent_id == "agent-1"
+    assert replayed[1].agent_id is None
+    assert abs(replayed[0].time - datetime.now(UTC)) < timedelta(minutes=5)
+    assert [e.id for e in await collect(events.replay("orders", from_id=first))] == [second]
+    only_agent = await collect(events.replay("orders", agent_id="agent-1"))
+    assert [e.id for e in only_agent] == [first]
+    future = datetime.now(UTC) + timedelta(hours=1)
+    assert await collect(events.replay("orders", since=future)) == []
+
+
+async def test_replay_pages_through_long_streams(zen: Zen) -> None:
+    ids = await zen.events.publish_many("bulk", [NewEvent("tick", {"i": i}) for i in range(1203)])
+    assert len(set(ids)) == 1203
+    replayed = await collect(zen.events.replay("bulk", page_size=500))
+    assert [e.data["i"] for e in replayed] == list(range(1203))
+
+
+async def test_idempotency_key_appends_once(zen: Zen) -> None:
+    events = zen.events
+    first = await events.publish("payments", "charged", {"cents": 100}, idempotency_key="pay-1")
+    again = await events.publish("payments", "charged", {"cents": 100}, idempotency_key="pay-1")
+    other = await events.publish("payments", "charged", {"cents": 5}, idempotency_key="pay-2")
+    assert again == first
+    assert other != first
+    assert await events.length("payments") == 2
+    batch = await events.publish_many(
+        "payments", [NewEvent("charged", {}, idempotency_key="pay-1"), NewEvent("charged", {})]
+    )
+    assert batch[0] == first
+    assert await events.length("payments") == 3
+
+
+async def test_agent_events_go_to_shard_audit_and_channel(zen: Zen) -> None:
+    events = zen.events
+    async with zen.redis.subscribe(events.agent_channel) as hints:
+        first = await zen.redis.publish_agent_event("worker-7", "state_changed", {"to": "ready"})
+        second = await zen.redis._publish_agent_event("worker-7", "port_leased", {"port": 4000})
+        received: list[Message] = []
+        async with asyncio.timeout(10):
+            async for item in hints:
+                if isinstance(item, Message):
+                    received.append(item)
+                if len(received) == 2:
+                    break
+    shard = events.agent_stream("worker-7").name
+    assert [orjson.loads(m.data) for m in received] == [
+        {"agent": "worker-7", "id": first, "stream": shard, "type": "state_changed"},
+        {"agent": "worker-7", "id": second, "stream": shard, "type": "port_leased"},
+    ]
+    trail = await events.audit_trail("worker-7")
+    assert [(e.id, e.type) for e in trail] == [(first, "state_changed"), (second, "port_leased")]
+    shard_events = await collect(events.replay(events.agent_stream("worker-7").name))
+    assert [e.id for e in shard_events] == [first, second]
+
+
+async def test_consumer_handles_every_event_once_and_acks(zen: Zen) -> None:
+    handled: list[str] = []
+
+    async def handler(event: Event) -> None:
+        handled.append(event.id)
+
+    ids = await zen.events.publish_many("jobs", [NewEvent("job", {"i": i}) for i in range(40)])
+    async with zen.events.consumer("workers", ["jobs"], handler, start_id="0") as consumer:
+        await consumer.wait_handled(40, timeout=30)
+        more = await zen.events.publish("jobs", "job", {"i": 40})
+        await consumer.wait_handled(41, timeout=30)
+    assert sorted(handled) == sorted([*ids, more])
+    ref = zen.events.stream("jobs")
+    pending = await ref.ks.execute("XPENDING", ref.key, "workers")
+    assert pending["pending"] == 0
+    assert consumer.statistics().handled == 41
+
+
+async def test_consumer_reads_every_agent_shard(zen: Zen) -> None:
+    seen: set[str] = set()
+
+    async def handler(event: Event) -> None:
+        assert event.agent_id is not None
+        seen.add(event.agent_id)
+
+    async with zen.events.consumer("audit", [AGENT_STREAMS], handler) as consumer:
+        for i in range(30):
+            await zen.events.publish_agent_event(f"a{i}", "heartbeat", {})
+        await consumer.wait_handled(30, timeout=30)
+    assert seen == {f"a{i}" for i in range(30)}
+
+
+async def test_poison_event_goes_to_dead_letter_after_n_deliveries(standalone: Target) -> None:
+    attempts: dict[str, int] = {}
+
+    async def handler(event: Event) -> None:
+        attempts[event.id] = attempts.get(event.id, 0) + 1
+        if event.data.get("poison"):
+            raise RuntimeError("cannot digest this")
+
+    async with open_zen(standalone.settings()) as zen:
+        good = await zen.events.publish("meals", "meal", {"poison": False})
+        bad = await zen.events.publish("meals", "meal", {"poison": True})
+        consumer = zen.events.consumer(
+            "eaters", ["meals"], handler, start_id="0", min_idle=0.1, max_deliveries=3
+        )
+        async with consumer:
+            await consumer.wait_handled(2, timeout=30)
+        dead = await zen.events.dead_letters("meals", "eaters")
+        stats = consumer.statistics()
+    assert attempts == {good: 1, bad: 3}
+    assert [e.data for e in dead] == [{"poison": True}]
+    assert stats.dead_lettered == 1
+    assert stats.failed == 3
+
+
+async def test_a_handled_event_whose_ack_was_lost_is_not_handled_again(zen: Zen) -> None:
+    handled: list[str] = []
+
+    async def handler(event: Event) -> None:
+        handled.append(event.id)
+
+    ref = zen.events.stream("mail")
+    entry = await zen.events.publish("mail", "letter", {})
+    await ref.ks.execute("XGROUP", "CREATE", ref.key, "post", "0")
+    # Another member handled it and wrote its marker, then died before XACK.
+    await ref.ks.execute("XREADGROUP", "GROUP", "post", "dead", "STREAMS", ref.key, ">")
+    await ref.ks.set(ref.done_key("post", entry), b"1", ttl_ms=60_000)
+    async with zen.events.consumer("post", ["mail"], handler, min_idle=0.05) as consumer:
+        await consumer.wait_handled(1, timeout=30)
+    assert consumer.statistics().duplicates_skipped == 1
+    assert handled == []
+    assert (await ref.ks.execute("XPENDING", ref.key, "post"))["pending"] == 0
+
+
+async def test_shutdown_finishes_what_was_read(standalone: Target) -> None:
+    handled: list[int] = []
+
+    async def slow_handler(event: Event) -> None:
+        await asyncio.sleep(0.01)
+        handled.append(event.data["i"])
+
+    async with open_zen(standalone.settings()) as zen:
+        await zen.events.publish_many("slow", [NewEvent("e", {"i": i}) for i in range(20)])
+        consumer = zen.events.consumer("g", ["slow"], slow_handler, start_id="0", concurrency=2)
+        async with consumer:
+            await consumer.wait_handled(1, timeout=10)
+        # leaving the block waited for every entry already read, and acked it
+        ref = zen.events.stream("slow")
+        summary = await ref.ks.execute("XPENDING", ref.key, "g")
+    assert summary["pending"] == 0
+    assert len(handled) == consumer.statistics().handled >= 1
+
+
+async def test_trimming_never_drops_pending_or_undelivered_entries(zen: Zen) -> None:
+    events = zen.events
+    ref = events.stream("trimmed")
+    ids = await events.publish_many("trimmed", [NewEvent("e", {"i": i}) for i in range(100)])
+    await ref.ks.execute("XGROUP", "CREATE", ref.key, "slowpoke", "0")
+    # Deliver 30 entries; ack only the first 20: entries 20-29 stay pending, 30-99 undelivered.
+    await ref.ks.execute(
+        "XREADGROUP", "GROUP", "slowpoke", "c", "COUNT", 30, "STREAMS", ref.key, ">"
+    )
+    await ref.ks.execute("XACK", ref.key, "slowpoke", *ids[:20])
+    removed = await events.trim("trimmed", max_len=10)
+    assert removed == 20
+    remaining = [e.id for e in await collect(events.replay("trimmed"))]
+    assert remaining == ids[20:]  # pending and undelivered entries are all still there
+    # Without groups a stream is simply capped.
+    await events.publish_many("capped", [NewEvent("e", {}) for _ in range(50)])
+    await events.trim("capped", max_len=10)
+    assert await events.length("capped") == 10
+
+
+async def test_bad_input_is_rejected_and_nothing_is_written(zen: Zen) -> None:
+    events = zen.events
+    with pytest.raises(ValidationError, match="stream name"):
+        await events.publish("bad name!", "t", {})
+    with pytest.raises(ValidationError, match="event type"):
+        await events.publish("ok", "Bad Type", {})
+    with pytest.raises(ValidationError, match="agent id"):
+        await events.publish_agent_event("no spaces", "t", {})
+    with pytest.raises(ValidationError, match="not JSON-serialisable"):
+        await events.publish("ok", "t", {"x": object()})
+    with pytest.raises(ValidationError, match="idempotency key"):
+        await events.publish("ok", "t", {}, idempotency_key="has space")
+    with pytest.raises(ValidationError, match="reserved"):
+        await events.publish("agents.x", "t", {})
+    with pytest.raises(ValidationError, match="shards are"):
+        events.stream("agents.z999")
+    assert await events.length("ok") == 0
+
+
+async def test_tenants_do_not_share_streams(zen: Zen) -> None:
+    other = zen.for_tenant("acme")
+    await zen.events.publish("shared-name", "e", {"tenant": "default"})
+    await other.events.publish("shared-name", "e", {"tenant": "acme"})
+    assert [e.data for e in await collect(other.events.replay("shared-name"))] == [
+        {"tenant": "acme"}
+    ]
+    with pytest.raises(ValidationError, match="tenant"):
+        zen.for_tenant("bad tenant")

@@ -1,0 +1,388 @@
+"""The event log on Redis Streams: publish (at most once per idempotency key), agent events
+with a per-agent audit trail and a pub/sub hint, replay, and trimming that never drops an
+entry a consumer group still needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import structlog
+
+from zen_async.errors import ValidationError, ZenError
+from zen_async.events.envelope import (
+    AGENT_STREAMS,
+    Event,
+    agent_shard,
+    decode_entry,
+    encode_fields,
+    parse_shard_stream,
+    shard_stream_name,
+    shard_tag,
+    validate_agent_id,
+    validate_stream_name,
+)
+from zen_async.store import Keyspace, RedisManager
+
+if TYPE_CHECKING:
+    from zen_async.events.consumer import Consumer, Handler
+
+__all__ = ["EventLog", "NewEvent"]
+
+log = structlog.get_logger(__name__)
+
+_IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:/@=+-]{1,200}$")
+_MAX_SEQ: Final = 2**64 - 1
+_TRIM_INSPECT: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """One event to publish with :meth:`EventLog.publish_many`."""
+
+    type: str
+    data: Any
+    agent_id: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRef:
+    """Where a logical stream lives: its keyspace and hash tag. Internal."""
+
+    name: str
+    ks: Keyspace
+    tag: str
+    log_part: str
+
+    @property
+    def key(self) -> str:
+        return self.ks.key(self.tag, self.log_part)
+
+    def idempotency_key(self, key: str) -> str:
+        return self.ks.key(self.tag, "idem", key)
+
+    def done_key(self, group: str, entry_id: str) -> str:
+        return self.ks.key(self.tag, "done", group, entry_id)
+
+    def dead_letter_key(self, group: str) -> str:
+        return self.ks.key(self.tag, "dead", group)
+
+    def audit_key(self, agent_id: str) -> str:
+        return self.ks.key(self.tag, "audit", agent_id)
+
+
+class EventLog:
+    """``zen.events``: the event log of one tenant.
+
+    Args:
+        redis: the core.
+        tenant: the tenant (default: the configured namespace).
+        max_len: length bound applied by :meth:`trim` (0: none).
+        max_age: age bound in seconds applied by :meth:`trim` (None: none).
+        audit_max_len: approximate length bound of each agent's audit stream.
+        idempotency_ttl: seconds an idempotency key is remembered.
+        trim_interval: seconds between trims in :meth:`run`.
+    """
+
+    def __init__(
+        self,
+        redis: RedisManager,
+        *,
+        tenant: str | None = None,
+        max_len: int = 100_000,
+        max_age: float | None = None,
+        audit_max_len: int = 10_000,
+        idempotency_ttl: float = 24 * 3600,
+        trim_interval: float = 60.0,
+    ) -> None:
+        self.redis = redis
+        self._streams = redis.keyspace("streams", tenant=tenant)
+        self._state = redis.keyspace("state", tenant=tenant)
+        self.shards = redis.settings.redis_agent_shards
+        self.max_len = max_len
+        self.max_age = max_age
+        self.audit_max_len = audit_max_len
+        self._idem_ttl_ms = int(idempotency_ttl * 1000)
+        self._trim_interval = trim_interval
+        self._published: set[str] = set()  # named streams this process wrote: trimmed by run()
+
+    # --- naming -------------------------------------------------------------------------
+    @property
+    def agent_channel(self) -> str:
+        """The pub/sub channel that carries a hint for every agent event."""
+        return self._streams.key("ch", "agent-events")
+
+    def stream(self, name: str) -> StreamRef:
+        """Resolve a logical stream name (``orders``, ``agents.z3``).
+
+        Raises:
+            ValidationError: an invalid name or a shard number out of range.
+        """
+        shard = parse_shard_stream(name)
+        if shard is not None:
+            if shard >= self.shards:
+                raise ValidationError(
+                    f"stream {name!r} names shard {shard}; shards are 0-{self.shards - 1}"
+                )
+            return StreamRef(name, self._state, shard_tag(shard), "events")
+        validate_stream_name(name)
+        if name.startswith("agents.") or name == AGENT_STREAMS:
+            raise ValidationError(f"stream {name!r} is reserved: agents.z<n> names agent shards")
+        return StreamRef(name, self._streams, f"{{s:{name}}}", "log")
+
+    def agent_stream(self, agent_id: str) -> StreamRef:
+        """The shard stream an agent's events go to."""
+        return self.stream(shard_stream_name(agent_shard(agent_id, self.shards)))
+
+    def expand(self, names: Sequence[str]) -> list[StreamRef]:
+        """Resolve names, expanding ``@agents`` to every shard stream."""
+        refs: list[StreamRef] = []
+        for name in names:
+            if name == AGENT_STREAMS:
+                refs.extend(self.stream(shard_stream_name(i)) for i in range(self.shards))
+            else:
+                refs.append(self.stream(name))
+        return refs
+
+    # --- publishing ---------------------------------------------------------------------
+    async def publish(
+        self,
+        stream: str,
+        event_type: str,
+        data: Any,
+        *,
+        agent_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Append an event to a named stream; returns its id.
+
+        With an ``idempotency_key`` a retried publish is never appended twice: the id of the
+        first append is returned.
+
+        Raises:
+            ValidationError: a bad name, type, agent id, key, or data that is not JSON.
+        """
+        ref = self.stream(stream)
+        keys, args = self._publish_call(
+            ref, NewEvent(event_type, data, agent_id, idempotency_key), audit=False, hint=False
+        )
+        entry_id = await ref.ks.run_script(
+            "event_publish", keys, args, idempotent=idempotency_key is not None
+        )
+        self._published.add(ref.name)
+        return _text(entry_id)
+
+    async def publish_many(self, stream: str, events: Sequence[NewEvent]) -> list[str]:
+        """Append many events to a named stream, pipelined in batches; each is at most once
+        per idempotency key. Returns their ids in order.
+
+        Raises:
+            ValidationError: any bad event (nothing is appended then).
+        """
+        ref = self.stream(stream)
+        calls = [self._publish_call(ref, e, audit=False, hint=False) for e in events]
+        ids = await ref.ks.run_script_many("event_publish", calls)
+        self._published.add(ref.name)
+        return [_text(i) for i in ids]
+
+    async def publish_agent_event(
+        self,
+        agent_id: str,
+        event_type: str,
+        data: Any,
+        *,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Append an event to the agent's shard stream and to its audit trail, and send a
+        hint on :attr:`agent_channel`, in one atomic step. Returns the event id.
+
+        Raises:
+            ValidationError: a bad agent id, type, key, or data that is not JSON.
+        """
+        ref = self.agent_stream(validate_agent_id(agent_id))
+        keys, args = self._publish_call(
+            ref, NewEvent(event_type, data, agent_id, idempotency_key), audit=True, hint=True
+        )
+        entry_id = await ref.ks.run_script(
+            "event_publish", keys, args, idempotent=idempotency_key is not None
+        )
+        return _text(entry_id)
+
+    def _publish_call(
+        self, ref: StreamRef, event: NewEvent, *, audit: bool, hint: bool
+    ) -> tuple[list[str], list[str | bytes]]:
+        _check_type(event.type)
+        if event.agent_id is not None:
+            validate_agent_id(event.agent_id)
+        key = event.idempotency_key
+        if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+            raise ValidationError(
+                f"idempotency key {key!r} is invalid: use 1-200 characters from "
+                "A-Z a-z 0-9 _ . : / @ = + -"
+            )
+        fields = encode_fields(event.type, event.data, agent_id=event.agent_id, idempotency_key=key)
+        audit_key = ref.audit_key(event.agent_id) if audit and event.agent_id else ref.key
+        keys = [ref.key, ref.idempotency_key(key or "-"), audit_key]
+        args: list[str | bytes] = [
+            str(self._idem_ttl_ms) if key else "0",
+            str(self.audit_max_len) if audit and event.agent_id else "0",
+            self.agent_channel if hint else "",
+            ref.name,
+            *fields,
+        ]
+        return keys, args
+
+    # --- reading ------------------------------------------------------------------------
+    async def replay(
+        self,
+        stream: str | None = None,
+        *,
+        agent_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        from_id: str | None = None,
+        page_size: int = 500,
+    ) -> AsyncIterator[Event]:
+        """Events in order, as an async iterator.
+
+        Args:
+            stream: a logical stream; when omitted, ``agent_id`` selects that agent's audit
+                trail (every event published about it, in order).
+            agent_id: only this agent's events.
+            since: from this time (inclusive).
+            until: up to this time (inclusive).
+            from_id: strictly after this event id.
+            page_size: entries fetched per round trip.
+
+        Raises:
+            ValidationError: neither stream nor agent_id, or a bad id.
+        """
+        if stream is None:
+            if agent_id is None:
+                raise ValidationError("replay() needs a stream, an agent_id, or both")
+            ref = self.agent_stream(validate_agent_id(agent_id))
+            key, name, wanted = ref.audit_key(agent_id), f"audit:{agent_id}", None
+        else:
+            ref = self.stream(stream)
+            key, name, wanted = ref.key, ref.name, agent_id
+        start = _range_start(since, from_id)
+        end = "+" if until is None else f"{int(until.timestamp() * 1000)}-{_MAX_SEQ}"
+        while True:
+            page = await ref.ks.execute("XRANGE", key, start, end, "COUNT", page_size)
+            for entry_id, fields in page:
+                event = decode_entry(name, entry_id, fields)
+                if wanted is None or event.agent_id == wanted:
+                    yield event
+            if len(page) < page_size:
+                return
+            start = "(" + _text(page[-1][0])
+
+    async def audit_trail(self, agent_id: str, *, limit: int = 1000) -> list[Event]:
+        """The agent's audit trail, oldest first (at most ``limit`` events)."""
+        events: list[Event] = []
+        async for event in self.replay(agent_id=agent_id):
+            events.append(event)
+            if len(events) >= limit:
+                break
+        return events
+
+    async def dead_letters(self, stream: str, group: str, *, limit: int = 1000) -> list[Event]:
+        """Entries that ``group`` gave up on in ``stream``, oldest first. Each keeps its
+        original fields; ``data`` is the original payload."""
+        ref = self.stream(stream)
+        validate_stream_name(group)
+        page = await ref.ks.execute("XRANGE", ref.dead_letter_key(group), "-", "+", "COUNT", limit)
+        return [decode_entry(f"{ref.name}:dead:{group}", i, f) for i, f in page]
+
+    async def length(self, stream: str) -> int:
+        """Entries currently in a stream."""
+        ref = self.stream(stream)
+        count: int = await ref.ks.execute("XLEN", ref.key)
+        return count
+
+    # --- trimming -----------------------------------------------------------------------
+    async def trim(self, stream: str, *, max_len: int | None = None) -> int:
+        """Apply the length and age bounds to a stream, never removing an entry that a
+        consumer group has pending or has not been delivered yet. Returns entries removed.
+        """
+        ref = self.stream(stream)
+        bound = self.max_len if max_len is None else max_len
+        min_id = ""
+        if self.max_age is not None:
+            now = await ref.ks.execute("TIME")
+            now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
+            min_id = f"{now_ms - int(self.max_age * 1000)}-0"
+        removed: int = await ref.ks.run_script(
+            "stream_trim", [ref.key], [bound, min_id, _TRIM_INSPECT]
+        )
+        return removed
+
+    async def run(self) -> None:
+        """Trim every shard stream and every named stream this process published to, every
+        ``trim_interval`` seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(self._trim_interval)
+            names = [shard_stream_name(i) for i in range(self.shards)] + sorted(self._published)
+            for name in names:
+                try:
+                    await self.trim(name)
+                except ZenError as exc:
+                    log.warning("stream_trim_failed", stream=name, error=str(exc))
+
+    # --- consumers ----------------------------------------------------------------------
+    def consumer(
+        self,
+        group: str,
+        streams: Sequence[str],
+        handler: Handler,
+        **options: Any,
+    ) -> Consumer:
+        """A consumer group member; use as ``async with events.consumer(...)``.
+
+        See :class:`~zen_async.events.consumer.Consumer` for the options.
+        """
+        from zen_async.events.consumer import Consumer  # noqa: PLC0415 - mutual reference
+
+        return Consumer(self, group, self.expand(streams), handler, **options)
+
+
+def _check_type(event_type: str) -> None:
+    if not isinstance(event_type, str) or not validate_type(event_type):
+        raise ValidationError(
+            f"event type {event_type!r} is invalid: use 1-64 characters from a-z 0-9 _ . -"
+        )
+
+
+def validate_type(event_type: str) -> bool:
+    """Whether ``event_type`` is a valid event type name."""
+    return re.fullmatch(r"[a-z0-9_.-]{1,64}", event_type) is not None
+
+
+def _range_start(since: datetime | None, from_id: str | None) -> str:
+    if from_id is not None:
+        if not re.fullmatch(r"\d{1,20}-\d{1,20}", from_id):
+            raise ValidationError(f"event id {from_id!r} is invalid: expected '<ms>-<seq>'")
+        start = "(" + from_id
+        if since is not None:
+            since_id = f"{int(since.timestamp() * 1000)}-0"
+            if _id_key(since_id) > _id_key(from_id):
+                return since_id
+        return start
+    if since is not None:
+        return f"{int(since.timestamp() * 1000)}-0"
+    return "-"
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
