@@ -15,7 +15,11 @@ import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
 from zen_async import Zen, open_zen
+from zen_async.logs import configure_logging
 from zen_async.testing.deployments import TOPOLOGIES, Deployments, Target
+
+# Library logs go to stderr as JSON lines, as in production (stdout may be a protocol wire).
+configure_logging("debug", cache=False)  # uncached: capture_logs() must see events
 
 # Tests build their Settings explicitly; nothing from the developer's shell may leak in.
 for _name in list(os.environ):

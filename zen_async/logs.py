@@ -21,8 +21,13 @@ _LEVELS = {
 }
 
 
-def configure_logging(level: str = "info") -> None:
-    """Render structlog events as JSON lines on stderr at ``level`` and above."""
+def configure_logging(level: str = "info", *, cache: bool = True) -> None:
+    """Render structlog events as JSON lines on stderr at ``level`` and above.
+
+    Args:
+        level: the lowest level written.
+        cache: cache each logger on first use (fast; ``False`` lets tests capture logs).
+    """
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -33,5 +38,5 @@ def configure_logging(level: str = "info") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )

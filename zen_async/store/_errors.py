@@ -7,6 +7,8 @@ maps those codes to the typed errors.
 
 from __future__ import annotations
 
+import asyncio
+
 from redis import exceptions as rx
 
 from zen_async.errors import (
@@ -41,6 +43,18 @@ _TRANSIENT_PREFIXES = (
 )
 
 _POOL_EXHAUSTED = "No connection available."
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that redis-py's read timeout swallowed.
+
+    On Python 3.11, a cancel that lands as ``asyncio.timeout`` expires is turned into a
+    TimeoutError (or a plain timed-out read) and not delivered again; a loop around a read
+    would then never stop. Call this after a read returns or fails.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def is_outage(exc: BaseException) -> bool:

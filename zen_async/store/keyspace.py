@@ -19,7 +19,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
 
 from zen_async.errors import BackendError, ZenError
-from zen_async.store._errors import RedisFailure, is_outage, map_error
+from zen_async.store._errors import RedisFailure, is_outage, map_error, raise_if_cancelling
 from zen_async.store.breaker import CircuitBreaker
 from zen_async.store.scripts import ScriptRegistry
 
@@ -147,6 +147,7 @@ class CommandRunner:
                 self.breaker.record_success(probe=probe)
                 continue
             except RedisFailure as exc:
+                raise_if_cancelling()
                 error = map_error(exc, user=self._user)
                 if is_outage(exc):
                     self.breaker.record_failure(probe=probe)

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from redis.asyncio.client import PubSub
 
-from zen_async.store._errors import RedisFailure
+from zen_async.store._errors import RedisFailure, raise_if_cancelling
 
 __all__ = ["Message", "Reconnected", "Subscription"]
 
@@ -47,10 +47,21 @@ class Subscription:
     with capped backoff, until the ``async with`` block exits.
     """
 
-    def __init__(self, factory: Callable[[], PubSub], channels: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        factory: Callable[[], PubSub],
+        channels: tuple[str, ...],
+        *,
+        on_change: Callable[[int], None] = lambda delta: None,
+        bound: asyncio.Semaphore | None = None,
+    ) -> None:
         self._factory = factory
+        # On Cluster the subscription's connection comes out of a node pool that raises when
+        # full: it holds one permit of the client's concurrency bound while it is open.
+        self._bound = bound
         self._channels = channels
         self._pubsub: PubSub | None = None
+        self._on_change = on_change  # told +1/-1 as the dedicated connection opens/closes
 
     async def __aenter__(self) -> Subscription:
         self._pubsub = await self._connect()
@@ -60,18 +71,28 @@ class Subscription:
         await self._close()
 
     async def _connect(self) -> PubSub:
+        if self._bound is not None:
+            await self._bound.acquire()
         pubsub = self._factory()
         try:
             await pubsub.subscribe(*self._channels)
         except BaseException:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+            if self._bound is not None:
+                self._bound.release()
             raise
+        self._on_change(1)
         return pubsub
 
     async def _close(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
-            await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+            self._on_change(-1)
+            try:
+                await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+            finally:
+                if self._bound is not None:
+                    self._bound.release()
 
     def __aiter__(self) -> AsyncIterator[Message | Reconnected]:
         return self._iterate()
@@ -94,10 +115,12 @@ class Subscription:
                     ignore_subscribe_messages=True, timeout=_POLL_TIMEOUT
                 )
             except RedisFailure as exc:
+                raise_if_cancelling()
                 log.warning("pubsub_connection_lost", error=str(exc))
                 await self._close()
                 attempts = 1
                 continue
+            raise_if_cancelling()
             message = _to_message(raw)
             if message is not None:
                 yield message
