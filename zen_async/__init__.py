@@ -6,8 +6,20 @@ async with open_zen(Settings()) as zen:
     status = await zen.redis.get_health_status()
 """
 
+from zen_async.agents import (
+    AgentCapabilities,
+    AgentRecord,
+    AgentSpec,
+    AgentStateManager,
+    LifecycleState,
+    PortAllocator,
+    PortLease,
+    TransitionResult,
+)
+from zen_async.cache import Cache
 from zen_async.codec import Codec
 from zen_async.config import Settings
+from zen_async.conversations import ConversationStore, ConversationTurn, ThreadContext
 from zen_async.errors import (
     AuthError,
     BackendError,
@@ -20,23 +32,42 @@ from zen_async.errors import (
     ValidationError,
     ZenError,
 )
+from zen_async.events import Event, EventLog, NewEvent
+from zen_async.metrics import MetricPoint, Metrics
 from zen_async.services import Zen, open_zen
 from zen_async.store import BreakerState, Keyspace, RedisManager
 
 __all__ = [
+    "AgentCapabilities",
+    "AgentRecord",
+    "AgentSpec",
+    "AgentStateManager",
     "AuthError",
     "BackendError",
     "BreakerState",
+    "Cache",
     "CapacityError",
     "Codec",
     "ConfigError",
     "ConflictError",
+    "ConversationStore",
+    "ConversationTurn",
     "DegradedError",
+    "Event",
+    "EventLog",
     "InvalidTransitionError",
     "Keyspace",
+    "LifecycleState",
+    "MetricPoint",
+    "Metrics",
+    "NewEvent",
     "NotFoundError",
+    "PortAllocator",
+    "PortLease",
     "RedisManager",
     "Settings",
+    "ThreadContext",
+    "TransitionResult",
     "ValidationError",
     "Zen",
     "ZenError",

@@ -5,18 +5,35 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 
 from zen_async._tasks import background
+from zen_async.agents.ports import PortAllocator
+from zen_async.agents.state import AgentStateManager
+from zen_async.cache import Cache
 from zen_async.config import Settings
+from zen_async.conversations import ConversationStore
 from zen_async.errors import ValidationError
 from zen_async.events import EventLog
+from zen_async.events.export import EventExporter
+from zen_async.metrics import (
+    MEMORY_CONSOLIDATION_FAILURES,
+    PORT_ALLOCATION_FAILURES,
+    PORT_ALLOCATION_SUCCESSES,
+    Metrics,
+)
+from zen_async.store.health import CONSOLIDATION_FAILURE, PORT_ALLOCATION_FAILURE
 from zen_async.store.manager import RedisManager, open_redis_manager
 
 __all__ = ["Zen", "open_zen"]
 
 _TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_FAILURE_COUNTERS = {
+    PORT_ALLOCATION_FAILURE: PORT_ALLOCATION_FAILURES,
+    CONSOLIDATION_FAILURE: MEMORY_CONSOLIDATION_FAILURES,
+}
 
 
 class Zen:
@@ -24,15 +41,46 @@ class Zen:
 
     Attributes:
         settings: the effective settings.
+        tenant: the tenant this view is bound to.
         redis: the core: pools, pipelines, scripts, breaker, health.
         events: the event log (Streams) and its consumers.
+        ports: distributed port leases.
+        agents: agent records, lifecycle, liveness.
+        conversations: conversation threads (Zen MCP Server's model).
+        cache: a cache with single-flight fills.
+        metrics: buffered metric series and the Prometheus exposition.
     """
 
-    def __init__(self, redis: RedisManager, *, tenant: str | None = None) -> None:
-        self.settings = redis.settings
-        self.tenant = tenant or redis.settings.namespace
+    def __init__(
+        self, redis: RedisManager, *, tenant: str | None = None, metrics: Metrics | None = None
+    ) -> None:
+        settings = redis.settings
+        self.settings = settings
+        self.tenant = tenant or settings.namespace
         self.redis = redis
+        self.metrics = (
+            metrics.for_tenant(self.tenant)
+            if metrics is not None
+            else Metrics(redis, tenant=self.tenant, enabled=settings.redis_enable_metrics)
+        )
         self.events = EventLog(redis, tenant=self.tenant)
+        self.ports = PortAllocator(redis, tenant=self.tenant, on_event=self._port_event)
+        self.agents = AgentStateManager(
+            redis, self.events, ports=self.ports, tenant=self.tenant, metrics=self.metrics
+        )
+        self.conversations = ConversationStore(redis, tenant=self.tenant)
+        self.cache = Cache(redis, tenant=self.tenant)
+
+    async def _port_event(self, event_type: str, agent_id: str, data: dict[str, Any]) -> None:
+        """Port leases go to the agent's audit trail (and allocations to the metrics)."""
+        if event_type == "port_allocated":
+            self.metrics.count(PORT_ALLOCATION_SUCCESSES)
+        await self.events.publish_agent_event(agent_id, event_type, data)
+
+    def _on_health_event(self, name: str) -> None:
+        counter = _FAILURE_COUNTERS.get(name)
+        if counter is not None:
+            self.metrics.count(counter)
 
     def for_tenant(self, tenant: str) -> Zen:
         """A view of the same deployment bound to another tenant: it shares the pools and
@@ -45,7 +93,7 @@ class Zen:
             raise ValidationError(
                 f"tenant {tenant!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ . -"
             )
-        return Zen(self.redis, tenant=tenant)
+        return Zen(self.redis, tenant=tenant, metrics=self.metrics)
 
 
 @contextlib.asynccontextmanager
@@ -65,6 +113,20 @@ async def open_zen(settings: Settings | None = None) -> AsyncIterator[Zen]:
         settings = await anyio.to_thread.run_sync(Settings)
     async with open_redis_manager(settings) as redis:
         zen = Zen(redis)
-        redis.bind_services(events=zen.events)
-        async with background(event_trim=zen.events.run()):
-            yield zen
+        redis.bind_services(
+            events=zen.events, ports=zen.ports, cache=zen.cache, metrics=zen.metrics
+        )
+        redis.health.active_agents_source = zen.agents.count_active
+        redis.health.add_listener(zen._on_health_event)
+        tasks = {
+            "event_trim": zen.events.run(),
+            "agents": zen.agents.run(),
+            "metrics": zen.metrics.run(),
+        }
+        if zen.settings.redis_event_export:
+            tasks["event_export"] = EventExporter(zen.events).run()
+        try:
+            async with background(**tasks):
+                yield zen
+        finally:
+            await zen.metrics.aclose()  # what was recorded reaches Redis before pools close

@@ -136,18 +136,27 @@ class HealthMonitor:
         self._lock = anyio.Lock()
         self.active_agents_source: Callable[[], Awaitable[int]] | None = None
         """Set by the agents domain: counts agents from its indexes."""
+        self._listeners: list[Callable[[str], None]] = []
         self._rates = {
             CONSOLIDATION_FAILURE: EventRate(3600.0, clock=clock),
             PORT_ALLOCATION_FAILURE: EventRate(60.0, clock=clock),
         }
 
     def record_event(self, name: str) -> None:
-        """Count one failure event for the alert rules (e.g. ``PORT_ALLOCATION_FAILURE``).
+        """Count one failure event for the alert rules (e.g. ``PORT_ALLOCATION_FAILURE``)
+        and tell the listeners (metrics).
 
         Raises:
             KeyError: an event name no alert rule counts.
         """
         self._rates[name].add()
+        for listener in self._listeners:
+            listener(name)
+
+    def add_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(name)`` on every :meth:`record_event` (synchronously: keep it
+        cheap)."""
+        self._listeners.append(listener)
 
     @property
     def last_report(self) -> HealthReport | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import structlog
@@ -36,7 +36,43 @@ class AgentEventPublisher(Protocol):
     async def publish_agent_event(self, agent_id: str, event_type: str, data: Any) -> str: ...
 
 
+class SeedPorts(Protocol):
+    """What the seed's port methods delegate to (``zen_async.agents.ports.PortAllocator``)."""
+
+    async def allocate_port(
+        self, agent_id: str, port_range: tuple[int, int] = (3284, 10000)
+    ) -> int: ...
+
+    async def release_port(self, agent_id: str, port: int) -> bool: ...
+
+
+class SeedMetrics(Protocol):
+    """What the seed's ``record_metric`` delegates to (``zen_async.metrics.Metrics``)."""
+
+    def record_metric(
+        self, name: str, value: float, tags: dict[str, str] | None = None
+    ) -> None: ...
+
+
+class SeedCache(Protocol):
+    """What the seed's NATS and Temporal helpers delegate to (``zen_async.cache.Cache``)."""
+
+    async def get_nats_connection_state(self, connection_id: str) -> Any: ...
+
+    async def set_nats_connection_state(
+        self, connection_id: str, state: dict[str, Any], *, ttl: float = 300
+    ) -> None: ...
+
+    async def get_temporal_workflow_context(self, workflow_id: str) -> Any: ...
+
+    async def set_temporal_workflow_context(
+        self, workflow_id: str, context: dict[str, Any], *, ttl: float = 1800
+    ) -> None: ...
+
+
 log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
 
 
 class RedisManager:
@@ -90,13 +126,84 @@ class RedisManager:
             for name in KEYSPACES
         }
         self.health = HealthMonitor(settings, backend, self._keyspaces, self.runner)
+        self._subscriptions = 0
         self._events: AgentEventPublisher | None = None
+        self._ports: SeedPorts | None = None
+        self._cache: SeedCache | None = None
+        self._metrics: SeedMetrics | None = None
 
-    def bind_services(self, *, events: AgentEventPublisher | None = None) -> None:
+    def bind_services(
+        self,
+        *,
+        events: AgentEventPublisher | None = None,
+        ports: SeedPorts | None = None,
+        cache: SeedCache | None = None,
+        metrics: SeedMetrics | None = None,
+    ) -> None:
         """Attach the domain services the seed-compatible methods delegate to (the facade
         does this; the core never imports the domain layer)."""
-        if events is not None:
-            self._events = events
+        self._events = events or self._events
+        self._ports = ports or self._ports
+        self._cache = cache or self._cache
+        self._metrics = metrics or self._metrics
+
+    def _bound(self, service: _T | None, what: str) -> _T:
+        if service is None:
+            raise ZenError(f"{what} needs zen's domain services: open zen with open_zen()")
+        return service
+
+    async def allocate_port(
+        self, agent_id: str, port_range: tuple[int, int] = (3284, 10000)
+    ) -> int:
+        """Seed-compatible: lease a free port in ``port_range`` (start inclusive, end
+        exclusive) on this host to ``agent_id``; renewed by its heartbeat. Delegates to
+        ``zen.ports``.
+
+        Raises:
+            CapacityError: every port of the range is leased.
+        """
+        return await self._bound(self._ports, "allocate_port").allocate_port(agent_id, port_range)
+
+    async def release_port(self, agent_id: str, port: int) -> bool:
+        """Seed-compatible: give ``port`` back if ``agent_id`` holds it. Delegates to
+        ``zen.ports``."""
+        return await self._bound(self._ports, "release_port").release_port(agent_id, port)
+
+    async def record_metric(
+        self, name: str, value: float, tags: dict[str, str] | None = None
+    ) -> None:
+        """Seed-compatible: record a metric value (buffered; flushed in batches). Delegates
+        to ``zen.metrics``.
+
+        Raises:
+            ValidationError: a bad name, value or tags.
+        """
+        self._bound(self._metrics, "record_metric").record_metric(name, value, tags)
+
+    async def get_nats_connection_state(self, connection_id: str) -> Any:
+        """Seed-compatible: the stored NATS connection state, or None. Delegates to
+        ``zen.cache``."""
+        cache = self._bound(self._cache, "get_nats_connection_state")
+        return await cache.get_nats_connection_state(connection_id)
+
+    async def set_nats_connection_state(
+        self, connection_id: str, state: dict[str, Any], ttl: float = 300
+    ) -> None:
+        """Seed-compatible: store a NATS connection state for ``ttl`` seconds."""
+        cache = self._bound(self._cache, "set_nats_connection_state")
+        await cache.set_nats_connection_state(connection_id, state, ttl=ttl)
+
+    async def get_temporal_workflow_context(self, workflow_id: str) -> Any:
+        """Seed-compatible: the stored Temporal workflow context, or None."""
+        cache = self._bound(self._cache, "get_temporal_workflow_context")
+        return await cache.get_temporal_workflow_context(workflow_id)
+
+    async def set_temporal_workflow_context(
+        self, workflow_id: str, context: dict[str, Any], ttl: float = 1800
+    ) -> None:
+        """Seed-compatible: store a Temporal workflow context for ``ttl`` seconds."""
+        cache = self._bound(self._cache, "set_temporal_workflow_context")
+        await cache.set_temporal_workflow_context(workflow_id, context, ttl=ttl)
 
     async def publish_agent_event(self, agent_id: str, event_type: str, data: Any) -> str:
         """Seed-compatible: append an event to the agent's stream shard and audit trail, and
@@ -106,9 +213,8 @@ class RedisManager:
             ValidationError: bad agent id, event type or data.
             ZenError: no event log is bound (a bare RedisManager outside ``open_zen``).
         """
-        if self._events is None:
-            raise ZenError("publish_agent_event needs the event log: open zen with open_zen()")
-        return await self._events.publish_agent_event(agent_id, event_type, data)
+        events = self._bound(self._events, "publish_agent_event")
+        return await events.publish_agent_event(agent_id, event_type, data)
 
     _publish_agent_event = publish_agent_event  # the seed's private name, kept as an alias
 
@@ -142,11 +248,15 @@ class RedisManager:
             raise ValidationError("subscribe() needs at least one channel name")
         backend = self._backend
         if backend.cluster is not None:
-            cluster = backend.cluster
-            return Subscription(cluster.pubsub, channels)
+            return Subscription(
+                backend.cluster.pubsub, channels, on_change=self._count_sub, bound=backend.bound
+            )
         client = backend.clients["streams"]
         assert isinstance(client, Redis)
-        return Subscription(client.pubsub, channels)
+        return Subscription(client.pubsub, channels, on_change=self._count_sub)
+
+    def _count_sub(self, delta: int) -> None:
+        self._subscriptions += delta
 
     async def publish(self, channel: str, data: bytes) -> int:
         """PUBLISH ``data`` on a full channel name; returns how many subscribers got it.
@@ -164,8 +274,9 @@ class RedisManager:
         return self._backend.pool_usage()
 
     def connections_in_use(self) -> int:
-        """Connections checked out of every pool right now."""
-        return self._backend.connections_in_use()
+        """Connections checked out of every pool right now by commands (the dedicated
+        connection of each open subscription is not counted)."""
+        return self._backend.connections_in_use() - self._subscriptions
 
     async def get_health_status(self) -> dict[str, Any]:
         """The seed's health dict (redis_available, cluster_status, active_agents,

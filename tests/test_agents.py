@@ -1,0 +1,368 @@
+"""Agents on every topology: the transition table, atomic transitions with their events,
+optimistic concurrency, waiting for a state, liveness and the reaper, indexes, bulk ops."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from zen_async import (
+    ConflictError,
+    InvalidTransitionError,
+    NotFoundError,
+    ValidationError,
+    Zen,
+    ZenError,
+    open_zen,
+)
+from zen_async.agents.models import TRANSITIONS, AgentSpec, LifecycleState
+from zen_async.agents.state import AgentStateManager
+from zen_async.testing.deployments import Target
+
+S = LifecycleState
+PATH_TO: dict[LifecycleState, list[LifecycleState]] = {
+    S.INITIALIZING: [],
+    S.READY: [S.READY],
+    S.RUNNING: [S.READY, S.RUNNING],
+    S.PAUSED: [S.READY, S.PAUSED],
+    S.TERMINATING: [S.READY, S.TERMINATING],
+    S.TERMINATED: [S.READY, S.TERMINATING, S.TERMINATED],
+    S.ERROR: [S.ERROR],
+}
+
+
+async def drive(zen: Zen, agent_id: str, path: list[LifecycleState]) -> None:
+    for state in path:
+        await zen.agents.transition(agent_id, state)
+
+
+async def test_the_whole_transition_table(standalone: Target) -> None:
+    async with open_zen(standalone.settings()) as zen:
+        pairs = list(itertools.product(S, S))
+        await zen.agents.create_agents(
+            [AgentSpec(agent_type="probe", agent_id=f"t-{a.value}-{b.value}") for a, b in pairs]
+        )
+        for start, target in pairs:
+            agent_id = f"t-{start.value}-{target.value}"
+            await drive(zen, agent_id, PATH_TO[start])
+            before = await zen.agents.get_agent(agent_id)
+            assert before is not None
+            if target in TRANSITIONS[start]:
+                result = await zen.agents.transition(agent_id, target)
+                assert (result.from_state, result.to_state) == (start, target)
+                assert result.version == before.version + 1
+            else:
+                with pytest.raises(InvalidTransitionError) as info:
+                    await zen.agents.transition(agent_id, target)
+                message = str(info.value)
+                assert f"from {start.value} to {target.value}" in message
+                for allowed in TRANSITIONS[start]:
+                    assert allowed.value in message
+                after = await zen.agents.get_agent(agent_id)
+                assert after == before, "a refused transition changes nothing"
+
+
+async def test_transition_writes_state_indexes_and_one_event(zen: Zen) -> None:
+    agents = zen.agents
+    record = await agents.create_agent("coder", agent_id="a1", metadata={"team": "x"})
+    assert record.lifecycle_state is S.INITIALIZING
+    result = await agents.transition("a1", "ready", reason="booted")
+    assert result.version == 2
+    stored = await agents.get_agent("a1")
+    assert stored is not None
+    assert stored.lifecycle_state is S.READY
+    assert stored.version == 2
+    assert stored.metadata == {"team": "x"}
+    ready, _ = await agents.list_agents(state="ready")
+    assert [r.agent_id for r in ready] == ["a1"]
+    assert (await agents.list_agents(state="initializing"))[0] == []
+    trail = await zen.events.audit_trail("a1")
+    assert [(e.type, e.data.get("to")) for e in trail] == [
+        ("agent_created", "initializing"),
+        ("state_changed", "ready"),
+    ]
+    assert trail[1].data == {
+        "from": "initializing",
+        "to": "ready",
+        "version": 2,
+        "reason": "booted",
+    }
+    assert trail[1].id == result.event_id
+
+
+async def test_expected_version_lets_exactly_one_of_50_writers_win(zen: Zen) -> None:
+    await zen.agents.create_agent("w", agent_id="contended")
+    await zen.agents.transition("contended", "ready")  # version 2
+
+    async def writer(i: int) -> str:
+        target = S.RUNNING if i % 2 else S.PAUSED
+        try:
+            await zen.agents.transition("contended", target, expected_version=2)
+        except ConflictError:
+            return "conflict"
+        return "won"
+
+    outcomes = await asyncio.gather(*(writer(i) for i in range(50)))
+    assert outcomes.count("won") == 1
+    assert outcomes.count("conflict") == 49
+    stored = await zen.agents.get_agent("contended")
+    assert stored is not None
+    assert stored.version == 3
+
+
+CONTENDER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from zen_async import ConflictError, Settings, open_zen
+
+    async def main() -> None:
+        settings = Settings(_env_file=None, redis_url=sys.argv[1], redis_embedded="false")
+        wins = 0
+        async with open_zen(settings) as zen:
+            for version in range(2, 2 + int(sys.argv[2])):
+                try:
+                    await zen.agents.update_agent("shared", expected_version=version,
+                                                  metadata={"writer": "child", "v": version})
+                    wins += 1
+                except ConflictError:
+                    pass
+        print(wins, flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_two_processes_never_lose_an_update(standalone: Target, tmp_path: Path) -> None:
+    rounds = 200
+    async with open_zen(standalone.settings()) as zen:
+        await zen.agents.create_agent("w", agent_id="shared")
+        await zen.agents.transition("shared", "ready")  # version 2
+        script = tmp_path / "contender.py"
+        script.write_text(CONTENDER)
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(script),
+            standalone.group.url,  # type: ignore[union-attr]
+            str(rounds),
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": os.getcwd()},
+        )
+        my_wins = 0
+        for version in range(2, 2 + rounds):
+            try:
+                await zen.agents.update_agent(
+                    "shared", expected_version=version, metadata={"writer": "parent"}
+                )
+                my_wins += 1
+            except ConflictError:
+                pass
+        out, _ = await child.communicate()
+        child_wins = int(out.decode().strip())
+        stored = await zen.agents.get_agent("shared")
+    assert stored is not None
+    # Every version was won by exactly one writer: the count of wins is the version delta.
+    assert my_wins + child_wins == stored.version - 2
+
+
+async def test_random_transitions_leave_one_event_each_in_order(zen: Zen) -> None:
+    rng = random.Random(7)
+    ids = [f"r{i}" for i in range(10)]
+    await zen.agents.create_agents([AgentSpec(agent_type="rand", agent_id=i) for i in ids])
+    done: dict[str, list[str]] = {i: [] for i in ids}
+    for _ in range(300):
+        agent_id = rng.choice(ids)
+        target = rng.choice(list(S))
+        try:
+            result = await zen.agents.transition(agent_id, target)
+        except InvalidTransitionError:
+            continue
+        done[agent_id].append(result.event_id)
+    for agent_id in ids:
+        stream = zen.events.agent_stream(agent_id).name
+        changes = [
+            e.id
+            async for e in zen.events.replay(stream, agent_id=agent_id)
+            if e.type == "state_changed"
+        ]
+        assert changes == done[agent_id]
+
+
+async def test_replaying_an_agent_reproduces_its_state_history(zen: Zen) -> None:
+    await zen.agents.create_agent("hist", agent_id="h1")
+    for target in (S.READY, S.RUNNING, S.PAUSED, S.RUNNING, S.READY, S.TERMINATING):
+        await zen.agents.transition("h1", target)
+    state = None
+    history = []
+    async for event in zen.events.replay(agent_id="h1"):
+        if event.type in ("agent_created", "state_changed"):
+            state = event.data["to"]
+            history.append(state)
+    stored = await zen.agents.get_agent("h1")
+    assert stored is not None
+    assert history == [
+        "initializing",
+        "ready",
+        "running",
+        "paused",
+        "running",
+        "ready",
+        "terminating",
+    ]
+    assert state == stored.lifecycle_state.value
+
+
+async def test_wait_for_state_is_woken_by_another_instance(target: Target) -> None:
+    async with open_zen(target.settings()) as watcher, open_zen(target.settings()) as actor:
+        await actor.agents.create_agent("svc", agent_id="waited")
+        waiting = asyncio.create_task(
+            watcher.agents.wait_for_state("waited", ["running"], timeout=20)
+        )
+        await actor.agents.transition("waited", "ready")
+        await actor.agents.transition("waited", "running")
+        assert await waiting is S.RUNNING
+        # Already there: returns at once.
+        assert await watcher.agents.wait_for_state("waited", ["running"], timeout=5) is S.RUNNING
+        with pytest.raises(TimeoutError):
+            await watcher.agents.wait_for_state("waited", ["terminated"], timeout=0.3)
+
+
+async def test_missed_heartbeats_are_reaped_once_and_ports_released(standalone: Target) -> None:
+    async with open_zen(standalone.settings()) as zen:
+        fast = [
+            AgentStateManager(
+                zen.redis, zen.events, ports=zen.ports, lease_ttl=0.2, release_grace=0.0
+            )
+            for _ in range(2)
+        ]
+        ids = [f"lost{i}" for i in range(20)]
+        await fast[0].create_agents([AgentSpec(agent_type="lossy", agent_id=i) for i in ids])
+        await fast[0].create_agent("lossy", agent_id="alive")
+        for agent_id in ids[:5]:
+            await fast[0].transition(agent_id, "ready")
+        ports = [await zen.ports.allocate_port(i) for i in ids[:3]]
+        async with asyncio.timeout(10):
+            while (await zen.agents.count_by_state())[S.ERROR] < len(ids):
+                await fast[0].heartbeat("alive")
+                results = await asyncio.gather(fast[0].reap(), fast[1].reap())
+                reaped = [a for r in results for a in r]
+                assert len(reaped) == len(set(reaped)), "two reapers never double-handle"
+        await fast[0].reap()  # the grace period is over: ports go back
+        for agent_id in ids:
+            trail = await zen.events.audit_trail(agent_id)
+            lost = [e for e in trail if e.data.get("reason") == "heartbeat_lost"]
+            assert len(lost) == 1
+        alive = await zen.agents.get_agent("alive")
+        assert alive is not None
+        assert alive.lifecycle_state is S.INITIALIZING
+        for agent_id in ids[:3]:
+            assert await zen.ports.leases(agent_id) == []
+        again = [await zen.ports.allocate_port(f"new{i}") for i in range(3)]
+        assert sorted(again) == sorted(ports)  # the released ports are handed out again
+
+
+async def test_heartbeat_records_gauges_and_renews(zen: Zen) -> None:
+    await zen.agents.create_agent("hb", agent_id="beating")
+    expiry = await zen.agents.heartbeat("beating", memory_mb=512.5, cpu_percent=12.5, connections=3)
+    assert expiry is not None
+    record = await zen.agents.get_agent("beating")
+    assert record is not None
+    assert (
+        record.performance.memory_mb,
+        record.performance.cpu_percent,
+        record.performance.connections,
+    ) == (512.5, 12.5, 3)
+    with pytest.raises(NotFoundError):
+        await zen.agents.heartbeat("nobody")
+
+
+async def test_indexes_pagination_counts_and_availability(zen: Zen) -> None:
+    agents = zen.agents
+    specs = [
+        AgentSpec(agent_type="coder" if i % 2 else "tester", agent_id=f"p{i:03d}")
+        for i in range(60)
+    ]
+    await agents.create_agents(specs)
+    results = await agents.transition_many([(f"p{i:03d}", "ready", None) for i in range(30)])
+    assert not any(isinstance(r, ZenError) for r in results)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = await agents.list_agents(limit=7, cursor=cursor)
+        seen.extend(r.agent_id for r in page)
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(s.agent_id for s in specs if s.agent_id)
+    counts = await agents.count_by_state()
+    assert counts[S.READY] == 30
+    assert counts[S.INITIALIZING] == 30
+    assert await agents.count_active() == 60
+    available = await agents.get_available_agents("coder")
+    assert sorted(a.agent_id for a in available) == [f"p{i:03d}" for i in range(1, 30, 2)]
+    status = await zen.redis.check_health()
+    assert status["active_agents"] == 60
+
+
+async def test_update_merges_and_delete_cleans_up(zen: Zen) -> None:
+    agents = zen.agents
+    await agents.create_agent("u", agent_id="upd", metadata={"a": 1})
+    updated = await agents.update_agent("upd", metadata={"a": 2}, current_task_id="task-9")
+    assert updated.version == 2
+    stored = await agents.get_agent("upd")
+    assert stored is not None
+    assert (stored.metadata, stored.current_task_id, stored.version) == ({"a": 2}, "task-9", 2)
+    with pytest.raises(ConflictError, match="at version 2, expected 1"):
+        await agents.update_agent("upd", expected_version=1, metadata={})
+    port = await zen.ports.allocate_port("upd")
+    assert await agents.delete_agent("upd") is True
+    assert await agents.get_agent("upd") is None
+    assert await agents.delete_agent("upd") is False
+    assert (await agents.list_agents())[0] == []
+    assert await zen.ports.leases("upd") == []
+    assert await zen.ports.allocate_port("someone") == port
+    trail = [e.type for e in await zen.events.audit_trail("upd")]
+    assert trail[0] == "agent_created"
+    assert trail[-1] == "agent_deleted"
+    assert trail.index("port_released") > trail.index("port_allocated")
+
+
+async def test_bad_ids_states_and_types_are_validation_errors(zen: Zen) -> None:
+    agents = zen.agents
+    with pytest.raises(ValidationError, match="agent id"):
+        await agents.create_agent("ok", agent_id="has space")
+    with pytest.raises(ValidationError, match="agent id"):
+        await agents.get_agent("x" * 200)
+    with pytest.raises(ValidationError, match="agent type"):
+        await agents.create_agent("Bad Type")
+    await agents.create_agent("ok", agent_id="fine")
+    with pytest.raises(ValidationError, match="unknown lifecycle state"):
+        await agents.transition("fine", "sleeping")
+    with pytest.raises(NotFoundError):
+        await agents.transition("ghost", "ready")
+    with pytest.raises(ConflictError, match="already exists"):
+        await agents.create_agent("ok", agent_id="fine")
+    assert [r.agent_id for r in (await agents.list_agents())[0]] == ["fine"]
+
+
+async def test_a_thousand_agents_through_full_lifecycles(target: Target) -> None:
+    async with open_zen(target.settings()) as zen:
+        agents = zen.agents
+        ids = [f"fleet-{i:04d}" for i in range(1000)]
+        await agents.create_agents([AgentSpec(agent_type="fleet", agent_id=i) for i in ids])
+        for state in (S.READY, S.RUNNING, S.READY, S.TERMINATING, S.TERMINATED):
+            results = await agents.transition_many([(i, state, None) for i in ids])
+            assert not any(isinstance(r, ZenError) for r in results)
+            beats = await agents.heartbeats(ids, memory_mb=100.0)
+            assert not any(isinstance(b, ZenError) for b in beats)
+        counts = await agents.count_by_state()
+        assert counts[S.TERMINATED] == 1000
+        assert sum(counts.values()) == 1000
+        records = await agents.get_agents(ids)
+        assert all(r is not None and r.version == 6 for r in records)

@@ -1,0 +1,440 @@
+"""Port leases on real servers: allocate, renew, release, exhaustion, expiry and reclaim,
+fencing, per-agent operations, overlapping ranges, validation, and two processes allocating
+5000 ports at once without a duplicate."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from zen_async import CapacityError, ConflictError, ValidationError, Zen, open_zen
+from zen_async.agents.ports import PortAllocator, PortLease
+from zen_async.testing import free_port
+from zen_async.testing.deployments import Target
+from zen_async.testing.waiting import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def allocate_when_free(
+    alloc: PortAllocator, agent_id: str, port_range: tuple[int, int], *, deadline: float = 10.0
+) -> PortLease:
+    """Allocate, retrying while the range is exhausted (its leases have not expired yet)."""
+    until = time.monotonic() + deadline
+    while True:
+        try:
+            return await alloc.allocate(agent_id, port_range=port_range)
+        except CapacityError:
+            if time.monotonic() > until:
+                raise
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def szen(standalone: Target) -> AsyncIterator[Zen]:
+    """An open Zen on the Redis standalone server."""
+    async with open_zen(standalone.settings()) as opened:
+        yield opened
+
+
+# --- every topology -----------------------------------------------------------------------
+
+
+async def test_allocate_renew_release(zen: Zen) -> None:
+    alloc = PortAllocator(zen.redis, host="node-a")
+    lease = await alloc.allocate("agent-1")
+    assert lease.host == "node-a"
+    assert lease.agent_id == "agent-1"
+    assert 3284 <= lease.port < 10000, "the default range comes from the settings"
+    assert lease.token >= 1
+    assert await alloc.leases("agent-1") == [lease]
+
+    renewed = await alloc.renew(lease)
+    assert renewed.expires_at >= lease.expires_at
+    assert (renewed.port, renewed.token) == (lease.port, lease.token), "renewal keeps the lease"
+
+    second = await alloc.allocate("agent-1")
+    assert second.port != lease.port
+    assert second.token > lease.token
+    stats = await alloc.stats()
+    assert (stats.in_use, stats.free, stats.total) == (2, 6714, 6716)
+
+    assert await alloc.release(renewed) is True
+    assert await alloc.release(renewed) is False, "a second release finds nothing to release"
+    assert await alloc.leases("agent-1") == [second]
+    third = await alloc.allocate("agent-2")
+    assert third.port == lease.port, "a released port is handed out again (lowest first)"
+    assert third.token > second.token
+
+
+async def test_exhaustion_raises_capacity_error_with_range_and_count(zen: Zen) -> None:
+    alloc = PortAllocator(zen.redis, host="node-a")
+    ports = {(await alloc.allocate(f"a{i}", port_range=(4000, 4003))).port for i in range(3)}
+    assert ports == {4000, 4001, 4002}
+    with pytest.raises(CapacityError, match=r"4000-4003 .* 3 of 3 ports in use"):
+        await alloc.allocate("a3", port_range=(4000, 4003))
+    stats = await alloc.stats(port_range=(4000, 4003))
+    assert (stats.in_use, stats.free) == (3, 0)
+
+
+async def test_fencing_tokens_strictly_increase_per_host(zen: Zen) -> None:
+    first = PortAllocator(zen.redis, host="node-a")
+    second = PortAllocator(zen.redis, host="node-a")
+    tokens: list[int] = []
+    for i in range(6):
+        alloc = first if i % 2 else second
+        lease = await alloc.allocate(f"agent-{i}", port_range=(5000 + 5 * (i % 3), 5020))
+        tokens.append(lease.token)
+        if i % 2:
+            await alloc.release(lease)  # a reused port still gets a new, larger token
+    assert tokens == sorted(set(tokens)), f"tokens must strictly increase: {tokens}"
+    other = await first.allocate("agent-x", host="node-b", port_range=(5000, 5020))
+    assert other.token == 1, "each host has its own token sequence"
+
+
+async def test_expired_lease_is_reissued_and_its_owner_is_fenced(zen: Zen) -> None:
+    short = PortAllocator(zen.redis, host="node-a", lease_ttl=0.2)
+    other = PortAllocator(zen.redis, host="node-a")
+    stale = await short.allocate("frozen", port_range=(6000, 6001))
+    fresh = await allocate_when_free(other, "newcomer", (6000, 6001))
+    assert fresh.port == stale.port == 6000
+    assert fresh.token > stale.token
+
+    with pytest.raises(ConflictError, match=r"port 6000 on host node-a was reissued"):
+        await short.renew(stale)
+    with pytest.raises(ConflictError, match=r"port 6000 on host node-a was reissued"):
+        await short.release(stale)
+    assert await short.renew_agent("frozen") == 0
+    assert await short.leases("frozen") == []
+    assert await other.leases("newcomer") == [fresh], "the new owner's lease is untouched"
+    assert (await other.renew(fresh)).token == fresh.token
+
+
+async def test_reclaim_expired_returns_ports_to_the_free_set(zen: Zen) -> None:
+    alloc = PortAllocator(zen.redis, host="node-a", lease_ttl=0.2)
+    leases = [await alloc.allocate(f"a{i}", port_range=(7000, 7003)) for i in range(3)]
+    reclaimed = 0
+
+    async def all_reclaimed() -> bool:
+        nonlocal reclaimed
+        reclaimed += await alloc.reclaim_expired()
+        return reclaimed == 3
+
+    await wait_for(all_reclaimed, what="the three expired leases reclaimed")
+    stats = await alloc.stats(port_range=(7000, 7003))
+    assert (stats.in_use, stats.free, stats.host_in_use) == (0, 3, 0)
+    for lease in leases:
+        assert await alloc.leases(lease.agent_id) == []
+        with pytest.raises(ConflictError, match=rf"port {lease.port} .* no longer leased"):
+            await alloc.renew(lease)
+        assert await alloc.release(lease) is False
+
+
+async def test_renew_agent_and_release_agent_cover_every_host(zen: Zen) -> None:
+    alloc = PortAllocator(zen.redis, host="node-a")
+    mine = [
+        await alloc.allocate("worker", port_range=(8000, 8100)),
+        await alloc.allocate("worker", port_range=(8000, 8100)),
+        await alloc.allocate("worker", host="node-b", port_range=(8000, 8100)),
+    ]
+    theirs = await alloc.allocate("worker-2", port_range=(8000, 8100))
+    assert sorted(await alloc.leases("worker"), key=lambda x: (x.host, x.port)) == mine
+
+    assert await alloc.renew_agent("worker") == 3
+    after = await alloc.leases("worker")
+    assert [(x.host, x.port, x.token) for x in after] == [(x.host, x.port, x.token) for x in mine]
+    assert all(a.expires_at >= b.expires_at for a, b in zip(after, mine, strict=True))
+
+    assert await alloc.release_agent("worker") == 3
+    assert await alloc.leases("worker") == []
+    assert await alloc.renew_agent("worker") == 0
+    assert await alloc.release_agent("worker") == 0
+    assert await alloc.leases("worker-2") == [theirs], "another agent's lease is untouched"
+
+
+async def test_not_bindable_port_is_quarantined_not_handed_out(zen: Zen) -> None:
+    alloc = PortAllocator(zen.redis, check_bindable=True)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port: int = busy.getsockname()[1]
+        with pytest.raises(CapacityError, match=r"1 quarantined"):
+            await alloc.allocate("agent-1", port_range=(port, port + 1))
+    stats = await alloc.stats(port_range=(port, port + 1))
+    assert (stats.in_use, stats.quarantined) == (1, 1)
+    assert await alloc.leases("agent-1") == []
+    bindable = free_port()
+    lease = await alloc.allocate("agent-1", port_range=(bindable, bindable + 1))
+    assert lease.port == bindable, "a bindable port is handed out after the check"
+
+
+# --- standalone only ------------------------------------------------------------------------
+
+
+async def test_overlapping_ranges_on_one_host_never_share_a_port(szen: Zen) -> None:
+    alloc = PortAllocator(szen.redis, host="node-a")
+    low, high = (5000, 5010), (5005, 5015)
+    owners: dict[int, str] = {}
+    # high takes 5005-5009, then low must skip them, then high finds the rest above low.
+    for i, port_range in enumerate([high] * 5 + [low] * 5 + [high] * 5):
+        lease = await alloc.allocate(f"a{i}", port_range=port_range)
+        assert lease.port not in owners, f"port {lease.port} was handed out twice"
+        owners[lease.port] = lease.agent_id
+    assert set(owners) == set(range(5000, 5015))
+    for port_range in (low, high):
+        with pytest.raises(CapacityError):
+            await alloc.allocate("late", port_range=port_range)
+        assert (await alloc.stats(port_range=port_range)).in_use == 10
+    assert await alloc.release_port(owners[5007], 5007) is True
+    assert (await alloc.allocate("late", port_range=low)).port == 5007
+
+
+async def test_random_allocations_and_releases_match_a_model(szen: Zen) -> None:
+    """The free intervals behave like a set of free ports: every allocation takes the lowest
+    free port of its range, a release gives it back, and a lost free structure is rebuilt
+    from the used ports."""
+    alloc = PortAllocator(szen.redis, host="node-a")
+    ks = szen.redis.keyspace("state")
+    rng = random.Random(3284)
+    free = set(range(100, 140))
+    held: dict[int, PortLease] = {}
+    for step in range(400):
+        roll = rng.random()
+        if roll < 0.55:
+            start = rng.randrange(100, 140)
+            port_range = (start, rng.randrange(start + 1, 141))
+            expected = min((p for p in free if port_range[0] <= p < port_range[1]), default=None)
+            if expected is None:
+                with pytest.raises(CapacityError):
+                    await alloc.allocate(f"a{step}", port_range=port_range)
+                continue
+            lease = await alloc.allocate(f"a{step}", port_range=port_range)
+            assert lease.port == expected, f"step {step}: lowest free port of {port_range}"
+            free.discard(lease.port)
+            held[lease.port] = lease
+        elif roll < 0.95 and held:
+            lease = held.pop(rng.choice(sorted(held)))
+            assert await alloc.release(lease) is True
+            free.add(lease.port)
+        else:
+            await ks.delete(ks.key("ports", "{node-a}", "free"))  # rebuilt on next use
+    for low, high in ((100, 140), (100, 110), (120, 121), (133, 140)):
+        stats = await alloc.stats(port_range=(low, high))
+        assert stats.free == len([p for p in free if low <= p < high])
+    # the last step may have dropped the free intervals: this allocation rebuilds them
+    assert (await alloc.allocate("edge", port_range=(65535, 65536))).port == 65535
+    intervals = [
+        tuple(int(x) for x in m.split(b":"))
+        for m in await ks.execute("ZRANGE", ks.key("ports", "{node-a}", "free"), 0, -1)
+    ]
+    covered = {p for s, e in intervals for p in range(max(s, 100), min(e, 140))}
+    assert covered == free
+    assert all(e1 < s2 for (_, e1), (s2, _) in itertools.pairwise(intervals)), (
+        f"free intervals must stay merged (at most one per gap between leases): {intervals}"
+    )
+    assert (intervals[0][0], intervals[-1][1]) == (1, 65535)
+
+
+async def test_expired_lease_cannot_be_renewed_even_before_it_is_reissued(szen: Zen) -> None:
+    alloc = PortAllocator(szen.redis, host="node-a", lease_ttl=0.2)
+    lease = await alloc.allocate("sleepy", port_range=(7100, 7101))
+
+    async def expired() -> bool:
+        return (await alloc.stats(port_range=(7100, 7101))).host_expired == 1
+
+    await wait_for(expired, what="the lease past its expiry")
+    with pytest.raises(ConflictError, match=r"port 7100 on host node-a: .* expired .* ago"):
+        await alloc.renew(lease)
+    assert await alloc.renew_agent("sleepy") == 0, "an expired lease is not revived"
+    assert await alloc.leases("sleepy") == []
+    assert await alloc.reclaim_expired("node-a") == 1
+    assert (await alloc.stats(port_range=(7100, 7101))).in_use == 0
+
+
+async def test_seed_allocate_port_and_release_port(szen: Zen) -> None:
+    alloc = PortAllocator(szen.redis)
+    port = await alloc.allocate_port("agent-1")
+    assert 3284 <= port < 10000
+    assert await alloc.allocate_port("agent-2", port_range=(9000, 9001)) == 9000
+    assert await alloc.release_port("agent-2", port) is False, "not agent-2's port"
+    assert await alloc.release_port("agent-1", port) is True
+    assert await alloc.release_port("agent-1", port) is False
+
+
+async def test_validation_errors_write_nothing(szen: Zen) -> None:
+    alloc = PortAllocator(szen.redis, host="node-a")
+    lease = PortLease(4000, "node-a", "ok", 1, datetime.now(UTC))
+    calls: list[Callable[[], Awaitable[Any]]] = [
+        lambda: alloc.allocate(""),
+        lambda: alloc.allocate("a" * 129),
+        lambda: alloc.allocate("has space"),
+        lambda: alloc.allocate("brace{tag}"),
+        lambda: alloc.allocate("ok", host="bad host"),
+        lambda: alloc.allocate("ok", host="{x}"),
+        lambda: alloc.allocate("ok", port_range=(0, 10)),
+        lambda: alloc.allocate("ok", port_range=(10, 10)),
+        lambda: alloc.allocate("ok", port_range=(10, 5)),
+        lambda: alloc.allocate("ok", port_range=(1, 70000)),
+        lambda: alloc.allocate("ok", port_range=(True, 5)),
+        lambda: alloc.release_port("ok", 0),
+        lambda: alloc.release_port("ok", 65536),
+        lambda: alloc.renew_agent("bad/id"),
+        lambda: alloc.release_agent(""),
+        lambda: alloc.leases("x" * 200),
+        lambda: alloc.renew(PortLease(4000, "bad host", "ok", 1, lease.expires_at)),
+        lambda: alloc.release(PortLease(0, "node-a", "ok", 1, lease.expires_at)),
+        lambda: alloc.reclaim_expired("{x}"),
+    ]
+    for call in calls:
+        with pytest.raises(ValidationError, match=r"expected"):
+            await call()
+    with pytest.raises(ValidationError, match=r"lease_ttl=0: expected a positive number"):
+        PortAllocator(szen.redis, lease_ttl=0)
+    with pytest.raises(ValidationError, match=r"host='a b'"):
+        PortAllocator(szen.redis, host="a b")
+    ks = szen.redis.keyspace("state")
+    assert await ks.execute("DBSIZE") == 0, "a refused call must not write anything"
+
+
+async def test_capacity_failure_counts_as_a_health_event(standalone: Target) -> None:
+    settings = standalone.settings(redis_alert_port_failures_per_minute=0)
+    async with open_zen(settings) as zen:
+        alloc = PortAllocator(zen.redis, host="node-a")
+        await alloc.allocate("a", port_range=(4000, 4001))
+        with pytest.raises(CapacityError):
+            await alloc.allocate("b", port_range=(4000, 4001))
+        status = await zen.redis.check_health()
+        assert "port_allocation_failures" in [a["name"] for a in status["alerts"]]
+
+
+async def test_on_event_is_awaited_after_allocate_release_and_reclaim(szen: Zen) -> None:
+    events: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def record(event_type: str, agent_id: str, data: dict[str, Any]) -> None:
+        events.append((event_type, agent_id, data))
+
+    alloc = PortAllocator(szen.redis, host="node-a", lease_ttl=0.2, on_event=record)
+    kept = await alloc.allocate("a", port_range=(4000, 4010))
+    assert events == [("port_allocated", "a", {"port": 4000, "host": "node-a", "token": 1})]
+    assert await alloc.release(kept)
+    assert events[-1] == ("port_released", "a", {"port": 4000, "host": "node-a", "token": 1})
+    await alloc.allocate("b", port_range=(4000, 4010))
+
+    async def reclaimed() -> bool:
+        await alloc.reclaim_expired()
+        return events[-1][0] == "port_reclaimed"
+
+    await wait_for(reclaimed, what="the expired lease reclaimed")
+    assert events[-1] == ("port_reclaimed", "b", {"port": 4000, "host": "node-a", "token": 2})
+
+    async def broken(event_type: str, agent_id: str, data: dict[str, Any]) -> None:
+        raise RuntimeError("audit sink down")
+
+    failing = PortAllocator(szen.redis, host="node-a", on_event=broken)
+    lease = await failing.allocate("c", port_range=(4000, 4010))
+    assert await failing.leases("c") == [lease], "a failing hook does not undo the allocation"
+
+
+async def test_tenants_do_not_share_ports(szen: Zen) -> None:
+    ours = PortAllocator(szen.redis, host="node-a")
+    theirs = PortAllocator(szen.redis, tenant="acme", host="node-a")
+    assert (await ours.allocate("a", port_range=(4000, 4001))).port == 4000
+    assert (await theirs.allocate("a", port_range=(4000, 4001))).port == 4000
+
+
+async def test_a_resent_allocation_returns_the_same_lease(szen: Zen) -> None:
+    """The allocation script is declared idempotent: a resend after a lost reply (same
+    operation id) must not lease a second port."""
+    ks = szen.redis.keyspace("state")
+    names = ("free", "used", "exp", "owner", "byagent", "quar", "seq")
+    keys = [ks.key("ports", "{node-a}", name) for name in names]
+    keys.append(ks.key("ports", "{node-a}", "op", "same-id"))
+    args: list[str | int] = ["a", 4000, 4010, 30_000, 128, "node-a", 60_000]
+    first = await ks.run_script("port_allocate", keys, args)
+    again = await ks.run_script("port_allocate", keys, args)
+    assert first[:3] == again[:3]
+    assert (
+        await PortAllocator(szen.redis, host="node-a").stats(port_range=(4000, 4010))
+    ).in_use == 1
+
+
+CHILD = """
+import asyncio, sys
+import orjson
+from zen_async import Settings, open_zen
+from zen_async.agents.ports import PortAllocator
+from zen_async.logs import configure_logging
+
+async def main(url, prefix, count, first, last):
+    configure_logging("warning")  # stderr: stdout carries the reply
+    settings = Settings(_env_file=None, redis_url=url, redis_embedded="false")
+    async with open_zen(settings) as zen:
+        alloc = PortAllocator(zen.redis, host="shared")
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        leases = await asyncio.gather(
+            *(alloc.allocate(f"{prefix}-{i}", port_range=(first, last)) for i in range(count))
+        )
+        print(orjson.dumps([lease.port for lease in leases]).decode(), flush=True)
+
+url, prefix, count, first, last = sys.argv[1:]
+asyncio.run(main(url, prefix, int(count), int(first), int(last)))
+"""
+
+
+async def test_two_processes_allocate_5000_ports_without_a_duplicate(szen: Zen) -> None:
+    first, last, each = 20000, 25000, 2500
+    url = szen.settings.redis_url
+    assert url is not None
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CHILD,
+        url,
+        "child",
+        str(each),
+        str(first),
+        str(last),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert child.stdin is not None
+    assert child.stdout is not None
+    try:
+        async with asyncio.timeout(60):
+            assert await child.stdout.readline() == b"ready\n"
+            alloc = PortAllocator(szen.redis, host="shared")
+            child.stdin.write(b"go\n")
+            await child.stdin.drain()
+            mine, theirs = await asyncio.gather(
+                asyncio.gather(
+                    *(alloc.allocate(f"parent-{i}", port_range=(first, last)) for i in range(each))
+                ),
+                child.stdout.readline(),
+            )
+            await child.communicate()
+            assert child.returncode == 0
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.communicate()  # reads stdout to its end, or wait() never returns
+    ports = [lease.port for lease in mine] + orjson.loads(theirs)
+    assert len(ports) == 5000
+    assert len(set(ports)) == 5000, "two processes were handed the same port"
+    assert set(ports) == set(range(first, last))
+    tokens = sorted(lease.token for lease in mine)
+    assert len(set(tokens)) == each, "fencing tokens are unique"
+    with pytest.raises(CapacityError, match=r"5000 of 5000 ports in use"):
+        await alloc.allocate("one-too-many", port_range=(first, last))

@@ -1,0 +1,517 @@
+"""Distributed port leases: unique per host across processes and instances, fenced, expiring.
+
+A port is a per-machine resource, so leases are tracked per host (default: this machine's
+name). Each lease has an owner (the agent id), a fencing token (strictly increasing per host:
+a later lease of any port on that host always carries a larger token) and an expiry on the
+Redis server clock. A lease lives until it is released or its TTL passes without a renewal;
+an expired lease is never revived: it is reclaimed by the next allocation on its host, or by
+:meth:`PortAllocator.reclaim_expired` (which the agents reaper calls). An owner that was frozen
+past its TTL therefore cannot renew, and once its port is reissued it cannot release either:
+both are refused with :class:`~zen_async.errors.ConflictError` naming the port and the new
+token. Every check of owner and token happens inside the script that acts on it.
+
+Key layout (keyspace ``state``; every key of one host shares the hash tag ``{<host>}``, so each
+operation is one Lua script on one Cluster slot)::
+
+    ports:{<host>}:free     ZSET  free intervals "<start>:<end>" (end exclusive) by start
+    ports:{<host>}:used     ZSET  port -> port, every port leased or quarantined
+    ports:{<host>}:exp      ZSET  port -> expiry (server ms)
+    ports:{<host>}:owner    HASH  port -> "<token>:<agent>" ("<token>:" while quarantined)
+    ports:{<host>}:byagent  ZSET  "<agent>|<port:05d>" (score 0): the per-agent index
+    ports:{<host>}:quar     ZSET  port -> port, quarantined ports (not bindable)
+    ports:{<host>}:seq      STRING the host's fencing-token counter
+    ports:{<host>}:op:<id>  STRING one allocation's reply, kept a minute so a resend after a
+                                   lost reply returns the same lease
+    ports:agent:{<agent>}:hosts  ZSET host -> deadline: hosts where the agent may hold leases
+
+Port ranges: the free intervals of a host cover its whole port space (1-65535) and are
+created lazily as the complement of the used ports; a ``port_range`` is only a window onto
+them. Any number of ranges, overlapping or not, can be used on one host: a port is free or
+used once per host, never once per range, so two ranges can never hand out the same port.
+
+Complexity: an allocation reclaims the expired leases it finds (each at most once, so
+amortised O(1) per lease), then takes the lowest free port of the range with two
+``ZRANGEBYSCORE ... LIMIT 0 1`` lookups and at most three interval updates: O(log n) in the
+number of leases of the host, independent of the size of the range. A release merges the
+port back with its neighbouring intervals, also O(log n). Counting a range's ports in use is a
+``ZCOUNT``, O(log n).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import anyio
+import structlog
+
+from zen_async.errors import CapacityError, ValidationError
+from zen_async.store import Arg, Keyspace, RedisManager
+from zen_async.store.health import PORT_ALLOCATION_FAILURE
+
+__all__ = ["PortAllocator", "PortEventHook", "PortLease", "PortStats"]
+
+log = structlog.get_logger(__name__)
+
+PortEventHook = Callable[[str, str, dict[str, Any]], Awaitable[None]]
+"""``await hook(event_type, agent_id, data)`` after a lease is allocated, released or
+reclaimed (event types ``port_allocated``, ``port_released``, ``port_reclaimed``)."""
+
+MAX_PORT: Final = 65535
+QUARANTINE_SECONDS: Final = 10.0
+"""How long a port found not bindable is kept out of circulation."""
+
+_AGENT_ID: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_HOST: Final = re.compile(r"[A-Za-z0-9_.:-]{1,253}")
+_HOST_KEYS: Final = ("free", "used", "exp", "owner", "byagent", "quar", "seq")
+_RECLAIM_ON_ALLOCATE: Final = 128  # expired leases an allocation reclaims before it looks
+_RECLAIM_BATCH: Final = 1000  # per script call of reclaim_expired (bounds script run time)
+_OP_TTL_MS: Final = 60_000  # longer than any retry sequence of one call
+_HOSTS_GRACE_MS: Final = 60_000  # clock skew between Cluster nodes
+_BIND_ATTEMPTS: Final = 32
+
+
+@dataclass(frozen=True, slots=True)
+class PortLease:
+    """One port leased to one agent on one host.
+
+    Attributes:
+        port: the port.
+        host: the machine the port belongs to.
+        agent_id: the owner.
+        token: the fencing token: strictly increasing per host over all leases.
+        expires_at: when the lease ends unless renewed (server clock, UTC).
+    """
+
+    port: int
+    host: str
+    agent_id: str
+    token: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PortStats:
+    """Occupancy of one port range on one host.
+
+    Attributes:
+        host: the machine.
+        port_range: ``(start, end)``, end exclusive.
+        total: ports in the range.
+        in_use: ports of the range leased or quarantined (including leases past their
+            expiry that no one has reclaimed yet).
+        quarantined: ports of the range held back as not bindable.
+        free: ports of the range that an allocation can hand out now.
+        host_in_use: ports of the host in use, over every range.
+        host_expired: leases of the host past their expiry, awaiting reclaim.
+    """
+
+    host: str
+    port_range: tuple[int, int]
+    total: int
+    in_use: int
+    quarantined: int
+    free: int
+    host_in_use: int
+    host_expired: int
+
+
+class PortAllocator:
+    """Leases ports to agents, unique per host across every process sharing the deployment.
+
+    Args:
+        redis: the core.
+        tenant: the tenant (default: the configured namespace).
+        host: the machine whose ports are leased by default (default: this machine's name).
+        lease_ttl: seconds a lease lives without a renewal.
+        check_bindable: test-bind each port before handing it out (on ``host`` only) and
+            quarantine ports that are taken by something outside zen_async.
+        on_event: awaited after each allocation, release and reclaim; an exception it raises
+            is logged, never raised: the lease change has already happened.
+
+    Raises:
+        ValidationError: a bad host name or lease TTL.
+    """
+
+    def __init__(
+        self,
+        redis: RedisManager,
+        *,
+        tenant: str | None = None,
+        host: str | None = None,
+        lease_ttl: float = 30.0,
+        check_bindable: bool = False,
+        on_event: PortEventHook | None = None,
+    ) -> None:
+        if not (isinstance(lease_ttl, int | float) and math.isfinite(lease_ttl) and lease_ttl > 0):
+            raise ValidationError(f"lease_ttl={lease_ttl!r}: expected a positive number of seconds")
+        self.host = _check_host(socket.gethostname() if host is None else host)
+        self.lease_ttl = float(lease_ttl)
+        self.check_bindable = check_bindable
+        self.default_range = (
+            redis.settings.redis_port_range_start,
+            redis.settings.redis_port_range_end,
+        )
+        self._ttl_ms = max(1, math.ceil(lease_ttl * 1000))
+        self._ks: Keyspace = redis.keyspace("state", tenant=tenant)
+        self._health = redis.health
+        self._on_event = on_event
+
+    # --- allocation ---------------------------------------------------------------------
+    async def allocate(
+        self,
+        agent_id: str,
+        *,
+        host: str | None = None,
+        port_range: tuple[int, int] | None = None,
+    ) -> PortLease:
+        """Lease the lowest free port of ``port_range`` on ``host`` to ``agent_id``.
+
+        Args:
+            agent_id: the owner (1-128 characters of ``A-Z a-z 0-9 _ . : -``).
+            host: the machine (default: the allocator's).
+            port_range: ``(start, end)``, end exclusive (default: REDIS_PORT_RANGE_START and
+                REDIS_PORT_RANGE_END).
+
+        Raises:
+            ValidationError: a bad agent id, host or range; nothing was written.
+            CapacityError: every port of the range is in use (the message gives the range and
+                the count); counted as a ``port_allocation_failure`` health event.
+        """
+        _check_agent(agent_id)
+        host = self.host if host is None else _check_host(host)
+        first, last = self.default_range if port_range is None else _check_range(port_range)
+        await self._note_hosts(agent_id, [host])
+        checking = self.check_bindable and host == self.host
+        for _ in range(_BIND_ATTEMPTS if checking else 1):
+            lease = await self._allocate_once(agent_id, host, first, last)
+            if not checking or await anyio.to_thread.run_sync(_bindable, lease.port):
+                log.debug("port_allocated", port=lease.port, host=host, agent_id=agent_id)
+                await self._emit(
+                    "port_allocated",
+                    agent_id,
+                    {"port": lease.port, "host": host, "token": lease.token},
+                )
+                return lease
+            await self._ks.run_script(
+                "port_quarantine",
+                self._lease_keys(host),
+                [agent_id, lease.port, lease.token, math.ceil(QUARANTINE_SECONDS * 1000)],
+            )
+            log.warning("port_quarantined", port=lease.port, host=host, reason="not bindable")
+        self._health.record_event(PORT_ALLOCATION_FAILURE)
+        raise CapacityError(
+            f"no bindable port in range {first}-{last} (end exclusive) on host {host}: "
+            f"{_BIND_ATTEMPTS} ports in a row were taken outside zen_async and are quarantined "
+            f"for {QUARANTINE_SECONDS:g} s"
+        )
+
+    async def _allocate_once(self, agent_id: str, host: str, first: int, last: int) -> PortLease:
+        keys = [*self._host_keys(host), self._host_key(host, "op", uuid.uuid4().hex)]
+        args: list[Arg] = [
+            agent_id,
+            first,
+            last,
+            self._ttl_ms,
+            _RECLAIM_ON_ALLOCATE,
+            host,
+            max(_OP_TTL_MS, self._ttl_ms),
+        ]
+        try:
+            reply = await self._ks.run_script("port_allocate", keys, args)
+        except CapacityError as exc:
+            self._health.record_event(PORT_ALLOCATION_FAILURE)
+            log.warning("port_range_exhausted", host=host, start=first, end=last, error=str(exc))
+            raise
+        port, token, expiry = int(reply[0]), int(reply[1]), int(reply[2])
+        await self._reclaimed(host, reply[3:])
+        return PortLease(port, host, agent_id, token, _at(expiry))
+
+    async def allocate_port(
+        self, agent_id: str, port_range: tuple[int, int] = (3284, 10000)
+    ) -> int:
+        """The seed's call: lease a port of ``port_range`` on this host; returns the port.
+
+        Raises:
+            ValidationError, CapacityError: as :meth:`allocate`.
+        """
+        return (await self.allocate(agent_id, port_range=port_range)).port
+
+    # --- renewal ------------------------------------------------------------------------
+    async def renew(self, lease: PortLease) -> PortLease:
+        """Extend ``lease`` by the allocator's TTL, counted from now.
+
+        Returns:
+            The lease with its new expiry.
+
+        Raises:
+            ValidationError: a malformed lease.
+            ConflictError: the lease ended: it expired (the port may have been reissued, which
+                the message says, with the new token) or was released.
+        """
+        _check_agent(lease.agent_id)
+        host = _check_host(lease.host)
+        expiry = await self._ks.run_script(
+            "port_renew",
+            self._lease_keys(host),
+            [lease.agent_id, _check_port(lease.port), lease.token, self._ttl_ms, host],
+        )
+        await self._note_hosts(lease.agent_id, [host])
+        return replace(lease, expires_at=_at(int(expiry)))
+
+    async def renew_agent(self, agent_id: str) -> int:
+        """Extend every live lease of ``agent_id``, on every host (the agent's heartbeat).
+
+        Leases already past their expiry are not revived (allocation and the reaper reclaim
+        them).
+
+        Returns:
+            How many leases were renewed.
+
+        Raises:
+            ValidationError: a bad agent id.
+        """
+        _check_agent(agent_id)
+        renewed: list[str] = []
+        total = 0
+        for host in await self._hosts_of(agent_id):
+            count, _ = await self._ks.run_script(
+                "port_renew_agent", self._lease_keys(host), [agent_id, self._ttl_ms]
+            )
+            if count:
+                renewed.append(host)
+                total += int(count)
+        if renewed:
+            await self._note_hosts(agent_id, renewed)
+        return total
+
+    # --- release ------------------------------------------------------------------------
+    async def release(self, lease: PortLease) -> bool:
+        """End ``lease`` and return its port to the free set.
+
+        Returns:
+            True if it was released now; False if the port was no longer leased (already
+            released, or expired and reclaimed, and not reissued).
+
+        Raises:
+            ValidationError: a malformed lease.
+            ConflictError: the port was reissued under another token; nothing changed.
+        """
+        _check_agent(lease.agent_id)
+        host = _check_host(lease.host)
+        return await self._release(lease.agent_id, host, _check_port(lease.port), lease.token)
+
+    async def release_port(self, agent_id: str, port: int) -> bool:
+        """The seed's call: release whatever lease ``agent_id`` holds on ``port`` on this host.
+
+        Unfenced (no token): prefer :meth:`release` with the lease.
+
+        Returns:
+            True if a lease was released; False if the port is not leased to ``agent_id``.
+
+        Raises:
+            ValidationError: a bad agent id or port.
+        """
+        _check_agent(agent_id)
+        return await self._release(agent_id, self.host, _check_port(port), "")
+
+    async def _release(self, agent_id: str, host: str, port: int, token: int | str) -> bool:
+        released = int(
+            await self._ks.run_script(
+                "port_release", self._lease_keys(host), [agent_id, port, token, host]
+            )
+        )
+        if not released:
+            return False
+        log.debug("port_released", port=port, host=host, agent_id=agent_id)
+        await self._emit("port_released", agent_id, {"port": port, "host": host, "token": released})
+        return True
+
+    async def release_agent(self, agent_id: str) -> int:
+        """End every lease of ``agent_id``, on every host.
+
+        Returns:
+            How many leases were released.
+
+        Raises:
+            ValidationError: a bad agent id.
+        """
+        _check_agent(agent_id)
+        total = 0
+        for host in await self._hosts_of(agent_id):
+            reply = await self._ks.run_script(
+                "port_release_agent", self._lease_keys(host), [agent_id]
+            )
+            for i in range(0, len(reply), 2):
+                total += 1
+                await self._emit(
+                    "port_released",
+                    agent_id,
+                    {"port": int(reply[i]), "host": host, "token": int(reply[i + 1])},
+                )
+        return total
+
+    # --- expiry -------------------------------------------------------------------------
+    async def reclaim_expired(self, host: str | None = None) -> int:
+        """Return the ports of every expired lease (and ended quarantine) of ``host`` (default:
+        the allocator's) to the free set.
+
+        Returns:
+            How many ports went back to the free set.
+
+        Raises:
+            ValidationError: a bad host name.
+        """
+        host = self.host if host is None else _check_host(host)
+        keys = self._lease_keys(host)
+        total = 0
+        while True:
+            reply = await self._ks.run_script("port_reclaim", keys, [_RECLAIM_BATCH])
+            await self._reclaimed(host, reply)
+            total += len(reply) // 3
+            if len(reply) < 3 * _RECLAIM_BATCH:
+                return total
+
+    async def _reclaimed(self, host: str, flat: Sequence[Any]) -> None:
+        for i in range(0, len(flat), 3):
+            port, token, agent = int(flat[i]), int(flat[i + 1]), _text(flat[i + 2])
+            if agent:  # "" is an ended quarantine, not a lease
+                log.info("port_reclaimed", port=port, host=host, agent_id=agent, token=token)
+                await self._emit(
+                    "port_reclaimed", agent, {"port": port, "host": host, "token": token}
+                )
+
+    # --- reads --------------------------------------------------------------------------
+    async def leases(self, agent_id: str) -> list[PortLease]:
+        """The live leases of ``agent_id`` on every host, by host and port.
+
+        Raises:
+            ValidationError: a bad agent id.
+        """
+        _check_agent(agent_id)
+        found: list[PortLease] = []
+        for host in sorted(await self._hosts_of(agent_id)):
+            reply = await self._ks.run_script("port_leases", self._lease_keys(host), [agent_id])
+            for i in range(0, len(reply), 3):
+                found.append(
+                    PortLease(
+                        int(reply[i]), host, agent_id, int(reply[i + 1]), _at(int(reply[i + 2]))
+                    )
+                )
+        return found
+
+    async def stats(
+        self, host: str | None = None, *, port_range: tuple[int, int] | None = None
+    ) -> PortStats:
+        """Occupancy of ``port_range`` (default: the configured one) on ``host``.
+
+        Raises:
+            ValidationError: a bad host or range.
+        """
+        host = self.host if host is None else _check_host(host)
+        first, last = self.default_range if port_range is None else _check_range(port_range)
+        in_use, quarantined, host_in_use, expired = await self._ks.run_script(
+            "port_stats", self._lease_keys(host), [first, last]
+        )
+        return PortStats(
+            host=host,
+            port_range=(first, last),
+            total=last - first,
+            in_use=int(in_use),
+            quarantined=int(quarantined),
+            free=last - first - int(in_use),
+            host_in_use=int(host_in_use),
+            host_expired=int(expired),
+        )
+
+    # --- helpers ------------------------------------------------------------------------
+    def _host_key(self, host: str, *parts: str) -> str:
+        return self._ks.key("ports", f"{{{host}}}", *parts)
+
+    def _host_keys(self, host: str) -> list[str]:
+        return [self._host_key(host, name) for name in _HOST_KEYS]
+
+    def _lease_keys(self, host: str) -> list[str]:
+        """KEYS[1..6] of every script but allocation: the host's keys without the counter."""
+        return self._host_keys(host)[:6]
+
+    def _hosts_key(self, agent_id: str) -> str:
+        return self._ks.key("ports", "agent", f"{{{agent_id}}}", "hosts")
+
+    async def _note_hosts(self, agent_id: str, hosts: Sequence[str]) -> None:
+        await self._ks.run_script(
+            "port_agent_hosts", [self._hosts_key(agent_id)], [self._ttl_ms, _HOSTS_GRACE_MS, *hosts]
+        )
+
+    async def _hosts_of(self, agent_id: str) -> list[str]:
+        reply = await self._ks.execute("ZRANGE", self._hosts_key(agent_id), 0, -1)
+        return [_text(h) for h in reply]
+
+    async def _emit(self, event_type: str, agent_id: str, data: dict[str, Any]) -> None:
+        if self._on_event is None:
+            return
+        try:
+            await self._on_event(event_type, agent_id, data)
+        except Exception:  # the lease change is done; a failing audit hook must not undo it
+            log.exception("port_event_hook_failed", event_type=event_type, agent_id=agent_id)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _check_agent(agent_id: object) -> str:
+    if not isinstance(agent_id, str) or _AGENT_ID.fullmatch(agent_id) is None:
+        raise ValidationError(
+            f"agent_id={agent_id!r}: expected 1-128 characters of A-Z a-z 0-9 _ . : -"
+        )
+    return agent_id
+
+
+def _check_host(host: object) -> str:
+    if not isinstance(host, str) or _HOST.fullmatch(host) is None:
+        raise ValidationError(
+            f"host={host!r}: expected a host name of 1-253 characters of A-Z a-z 0-9 _ . : -"
+        )
+    return host
+
+
+def _check_port(port: object) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= MAX_PORT:
+        raise ValidationError(f"port={port!r}: expected an integer from 1 to {MAX_PORT}")
+    return port
+
+
+def _check_range(port_range: object) -> tuple[int, int]:
+    accepted = f"(start, end) with 1 <= start < end <= {MAX_PORT + 1}, end exclusive"
+    if not isinstance(port_range, tuple | list) or len(port_range) != 2:
+        raise ValidationError(f"port_range={port_range!r}: expected {accepted}")
+    first, last = port_range
+    if (
+        any(isinstance(v, bool) or not isinstance(v, int) for v in (first, last))
+        or not 1 <= first < last <= MAX_PORT + 1
+    ):
+        raise ValidationError(f"port_range={port_range!r}: expected {accepted}")
+    return first, last
+
+
+def _bindable(port: int) -> bool:
+    """Whether a server could listen on ``port`` here now (blocking: run it in a thread)."""
+    for address in ("127.0.0.1", "0.0.0.0"):  # a probe on both, closed at once
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((address, port))
+            except OSError:
+                return False
+    return True
