@@ -11,9 +11,13 @@ import orjson
 import pytest
 
 from zen_async import ValidationError, Zen, open_zen
+from zen_async._tasks import background
 from zen_async.events import AGENT_STREAMS, Event, NewEvent
+from zen_async.events.export import EXPORT_SCHEMA, EventExporter
+from zen_async.events.log import EXPORT_STREAM
 from zen_async.store import Message
 from zen_async.testing.deployments import Target
+from zen_async.testing.waiting import wait_for
 
 
 async def collect(events: AsyncIterator[Event]) -> list[Event]:
@@ -226,3 +230,30 @@ async def test_tenants_do_not_share_streams(zen: Zen) -> None:
     ]
     with pytest.raises(ValidationError, match="tenant"):
         zen.for_tenant("bad tenant")
+
+
+async def test_export_stream_copies_every_event_once_with_its_envelope(target: Target) -> None:
+    async with open_zen(target.settings(redis_event_export=True)) as zen:
+        first = await zen.events.publish("orders", "order_placed", {"total": 12})
+        await zen.events.publish("orders", "order_placed", {"total": 12}, idempotency_key="o1")
+        await zen.events.publish("orders", "order_placed", {"total": 12}, idempotency_key="o1")
+        agent_event = await zen.events.publish_agent_event("ex-1", "state_changed", {"to": "x"})
+        exporter = EventExporter(zen.events, refresh=0.05)
+        async with background(export=exporter.run()):
+
+            async def exported() -> bool:
+                return len(await zen.events.read_export()) >= 3
+
+            await wait_for(exported, deadline=30, what="three exported events")
+        entries = await zen.events.read_export()
+        with pytest.raises(ValidationError, match="reserved"):
+            await zen.events.publish(EXPORT_STREAM, "e", {})
+    by_id = {e["event_id"]: e for e in entries}
+    assert len(entries) == 3, "each event exported once, whichever exporter ran"
+    placed = by_id[first]
+    assert placed["schema"] == EXPORT_SCHEMA
+    assert (placed["stream"], placed["type"], placed["agent"]) == ("orders", "order_placed", "")
+    assert orjson.loads(placed["payload"]) == {"total": 12}
+    assert placed["tenant"] == "default"
+    assert datetime.fromisoformat(placed["event_time"]).tzinfo is not None
+    assert by_id[agent_event]["agent"] == "ex-1"

@@ -137,6 +137,8 @@ class Settings(BaseSettings):
     redis_namespace: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     redis_agent_shards: int = Field(16, ge=1, le=1024)
     redis_compression_threshold: int = Field(1024, ge=0)
+    redis_event_export: bool = False
+    """Copy every event into the export stream ``zen.export`` (for Kafka Connect & co)."""
 
     # --- alert thresholds (the seed's figures) --------------------------------------------
     redis_alert_breaker_open_seconds: float = Field(60.0, gt=0)

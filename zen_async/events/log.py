@@ -32,13 +32,15 @@ from zen_async.store import Keyspace, RedisManager
 if TYPE_CHECKING:
     from zen_async.events.consumer import Consumer, Handler
 
-__all__ = ["EventLog", "NewEvent"]
+__all__ = ["EXPORT_STREAM", "EventLog", "NewEvent"]
 
 log = structlog.get_logger(__name__)
 
 _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:/@=+-]{1,200}$")
 _MAX_SEQ: Final = 2**64 - 1
 _TRIM_INSPECT: Final = 10_000
+EXPORT_STREAM: Final = "zen.export"
+"""The export stream's name (see ``zen_async.events.export``); ``zen.*`` names are reserved."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,25 @@ class EventLog:
         self._trim_interval = trim_interval
         self._published: set[str] = set()  # named streams this process wrote: trimmed by run()
 
+    @property
+    def tenant(self) -> str:
+        """The tenant this log is bound to."""
+        return self._streams.tenant
+
+    @property
+    def _index_key(self) -> str:
+        return self._streams.key("streams-index")
+
+    async def named_streams(self) -> list[str]:
+        """Every named stream published to in this tenant, from an index (never SCAN)."""
+        names = await self._streams.execute("SMEMBERS", self._index_key)
+        return sorted(_text(n) for n in names)
+
+    async def _note_stream(self, ref: StreamRef) -> None:
+        if ref.name not in self._published:
+            await self._streams.execute("SADD", self._index_key, ref.name, idempotent=True)
+            self._published.add(ref.name)
+
     # --- naming -------------------------------------------------------------------------
     @property
     def agent_channel(self) -> str:
@@ -132,8 +153,13 @@ class EventLog:
                 )
             return StreamRef(name, self._state, shard_tag(shard), "events")
         validate_stream_name(name)
-        if name.startswith("agents.") or name == AGENT_STREAMS:
-            raise ValidationError(f"stream {name!r} is reserved: agents.z<n> names agent shards")
+        if name.startswith(("agents.", "zen.")):
+            raise ValidationError(
+                f"stream {name!r} is reserved: agents.z<n> names agent shards, zen.* internal"
+            )
+        return self._named(name)
+
+    def _named(self, name: str) -> StreamRef:
         return StreamRef(name, self._streams, f"{{s:{name}}}", "log")
 
     def agent_stream(self, agent_id: str) -> StreamRef:
@@ -175,7 +201,7 @@ class EventLog:
         entry_id = await ref.ks.run_script(
             "event_publish", keys, args, idempotent=idempotency_key is not None
         )
-        self._published.add(ref.name)
+        await self._note_stream(ref)
         return _text(entry_id)
 
     async def publish_many(self, stream: str, events: Sequence[NewEvent]) -> list[str]:
@@ -188,8 +214,26 @@ class EventLog:
         ref = self.stream(stream)
         calls = [self._publish_call(ref, e, audit=False, hint=False) for e in events]
         ids = await ref.ks.run_script_many("event_publish", calls)
-        self._published.add(ref.name)
+        await self._note_stream(ref)
         return [_text(i) for i in ids]
+
+    async def append_export(self, envelope: dict[str, str], *, idempotency_key: str) -> str:
+        """Append one export envelope to :data:`EXPORT_STREAM`, at most once per key."""
+        ref = self._named(EXPORT_STREAM)
+        keys = [ref.key, ref.idempotency_key(idempotency_key), ref.key]
+        fields = [part for item in envelope.items() for part in item]
+        args: list[str | bytes] = [str(self._idem_ttl_ms), "0", "", ref.name, *fields]
+        entry_id = await ref.ks.run_script("event_publish", keys, args, idempotent=True)
+        self._published.add(ref.name)  # trimmed by run(); not a source of the exporter
+        return _text(entry_id)
+
+    async def read_export(self, *, after: str = "-", count: int = 1000) -> list[dict[str, str]]:
+        """Export entries as text fields (with ``export_id``), oldest first."""
+        ref = self._named(EXPORT_STREAM)
+        page = await ref.ks.execute("XRANGE", ref.key, after, "+", "COUNT", count)
+        return [
+            {"export_id": _text(i), **{_text(k): _text(v) for k, v in f.items()}} for i, f in page
+        ]
 
     async def publish_agent_event(
         self,
@@ -311,7 +355,7 @@ class EventLog:
         """Apply the length and age bounds to a stream, never removing an entry that a
         consumer group has pending or has not been delivered yet. Returns entries removed.
         """
-        ref = self.stream(stream)
+        ref = self._named(stream) if stream == EXPORT_STREAM else self.stream(stream)
         bound = self.max_len if max_len is None else max_len
         min_id = ""
         if self.max_age is not None:
