@@ -9,6 +9,7 @@ import os
 import random
 import sys
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from zen_async import (
 )
 from zen_async.agents.models import TRANSITIONS, AgentSpec, LifecycleState
 from zen_async.agents.state import AgentStateManager
+from zen_async.events import Event
 from zen_async.testing.deployments import Target
 
 S = LifecycleState
@@ -127,9 +129,9 @@ CONTENDER = textwrap.dedent(
         wins = 0
         async with open_zen(settings) as zen:
             for version in range(2, 2 + int(sys.argv[2])):
+                target = "paused" if version % 2 == 0 else "ready"
                 try:
-                    await zen.agents.update_agent("shared", expected_version=version,
-                                                  metadata={"writer": "child", "v": version})
+                    await zen.agents.transition("shared", target, expected_version=version)
                     wins += 1
                 except ConflictError:
                     pass
@@ -138,6 +140,13 @@ CONTENDER = textwrap.dedent(
     asyncio.run(main())
     """
 )
+
+
+async def zen_events_for(target: Target, agent_id: str) -> AsyncIterator[Event]:
+    async with open_zen(target.settings()) as zen:
+        async for event in zen.events.replay(agent_id=agent_id):
+            if event.type == "state_changed" and event.data["version"] > 2:
+                yield event
 
 
 async def test_two_processes_never_lose_an_update(standalone: Target, tmp_path: Path) -> None:
@@ -157,10 +166,9 @@ async def test_two_processes_never_lose_an_update(standalone: Target, tmp_path: 
         )
         my_wins = 0
         for version in range(2, 2 + rounds):
+            target = S.PAUSED if version % 2 == 0 else S.READY  # ready at even versions
             try:
-                await zen.agents.update_agent(
-                    "shared", expected_version=version, metadata={"writer": "parent"}
-                )
+                await zen.agents.transition("shared", target, expected_version=version)
                 my_wins += 1
             except ConflictError:
                 pass
@@ -168,8 +176,11 @@ async def test_two_processes_never_lose_an_update(standalone: Target, tmp_path: 
         child_wins = int(out.decode().strip())
         stored = await zen.agents.get_agent("shared")
     assert stored is not None
-    # Every version was won by exactly one writer: the count of wins is the version delta.
+    # Every version was won by exactly one writer: the count of wins is the version delta,
+    # and the shard stream holds exactly one state_changed per win.
     assert my_wins + child_wins == stored.version - 2
+    changes = [e async for e in zen_events_for(standalone, "shared")]
+    assert len(changes) == my_wins + child_wins
 
 
 async def test_random_transitions_leave_one_event_each_in_order(zen: Zen) -> None:
