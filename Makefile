@@ -6,10 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run test lint typecheck unit bench clean
+.PHONY: help venv run health test lint typecheck unit bench clean
 
 help:
-	@echo "make run    - zen-async health against the embedded server (sets up .venv first)"
+	@echo "make run    - the MCP server over HTTP on the embedded server (sets up .venv first)"
+	@echo "make health - zen-async health against the configured (or embedded) server"
 	@echo "make test   - ruff, mypy --strict and the whole test suite (sets up .venv first)"
 	@echo "make bench  - the benchmarks in benchmarks/"
 
@@ -22,8 +23,12 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The main job: the MCP server over streamable HTTP on 127.0.0.1, on the embedded server.
 run: $(STAMP)
-	REDIS_EMBEDDED=true $(BIN)/zen-async health
+	REDIS_EMBEDDED=true $(BIN)/zen-async serve --transport http
+
+health: $(STAMP)
+	$(BIN)/zen-async health
 
 lint: $(STAMP)
 	$(BIN)/ruff check zen_async tests benchmarks

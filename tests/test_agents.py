@@ -159,7 +159,7 @@ async def test_two_processes_never_lose_an_update(standalone: Target, tmp_path: 
         child = await asyncio.create_subprocess_exec(
             sys.executable,
             str(script),
-            standalone.group.url,  # type: ignore[union-attr]
+            standalone.url,
             str(rounds),
             stdout=asyncio.subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": os.getcwd()},

@@ -27,7 +27,7 @@ def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedP
 
 
 def test_health_json_against_a_configured_server(standalone: Target, tmp_path: Path) -> None:
-    result = run_cli("health", "--json", env={"REDIS_URL": standalone.group.url}, cwd=tmp_path)  # type: ignore[union-attr]
+    result = run_cli("health", "--json", env={"REDIS_URL": standalone.url}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert status["redis_available"] is True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +27,51 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     health = sub.add_parser("health", help="check the Redis deployment and print its health")
     health.add_argument("--json", action="store_true", help="print the status as JSON")
+    serve = sub.add_parser("serve", help="run the MCP server")
+    serve.add_argument("--transport", choices=("stdio", "http"), default="stdio")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default loopback)")
+    serve.add_argument("--port", type=int, default=8765, help="HTTP port (default 8765)")
+    serve.add_argument(
+        "--token",
+        default=os.environ.get("ZEN_MCP_TOKEN"),
+        help="require 'Authorization: Bearer <token>' over HTTP (default: $ZEN_MCP_TOKEN)",
+    )
     return parser
+
+
+def _connect_help(host: str, port: int, token: str | None) -> str:
+    url = f"http://{host}:{port}/mcp"
+    auth = f', "headers": {{"Authorization": "Bearer {token}"}}' if token else ""
+    return (
+        "\n".join(
+            [
+                f"zen-async MCP server: {url} (streamable HTTP)",
+                "",
+                "Connect a client:",
+                "  MCP Inspector:  npx @modelcontextprotocol/inspector",
+                f"                  (transport: Streamable HTTP, URL: {url})",
+                "  Claude Desktop (claude_desktop_config.json), over stdio:",
+                '    {"mcpServers": {"zen-async": {"command": "zen-async", "args": ["serve"]}}}',
+                "  Any client, over HTTP:",
+                f'    {{"mcpServers": {{"zen-async": {{"type": "http", "url": "{url}"{auth}}}}}}}',
+                "",
+                "Ctrl-C stops it.",
+            ]
+        )
+        + "\n"
+    )
+
+
+async def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from zen_async.mcp_server import serve_http, serve_stdio  # noqa: PLC0415 - optional surface
+
+    if args.transport == "stdio":
+        await serve_stdio(settings)
+        return 0
+    sys.stdout.write(_connect_help(args.host, args.port, args.token))
+    sys.stdout.flush()
+    await serve_http(settings, host=args.host, port=args.port, token=args.token)
+    return 0
 
 
 async def _health(settings: Settings, *, as_json: bool) -> int:
@@ -94,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "health":
             return asyncio.run(_health(settings, as_json=args.json))
+        if args.command == "serve":
+            return asyncio.run(_serve(settings, args))
     except ZenError as exc:
         sys.stderr.write(f"zen-async: {type(exc).__name__}: {exc}\n")
         return 1

@@ -45,7 +45,7 @@ VICTIM = textwrap.dedent(
 async def test_entries_of_a_consumer_killed_between_read_and_ack_are_processed_once(
     standalone: Target, tmp_path: Path
 ) -> None:
-    url = standalone.group.url  # type: ignore[union-attr]
+    url = standalone.url
     async with open_zen(standalone.settings()) as zen:
         ids = await zen.events.publish_many(
             "invoices", [NewEvent("invoice", {"n": i}) for i in range(5)]

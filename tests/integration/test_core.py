@@ -72,7 +72,7 @@ async def test_prefixed_layout_on_standalone_uses_one_db_and_one_pool(standalone
             ks = zen.redis.keyspace(name)
             await ks.set(ks.key("probe"), name)
         assert len(zen.redis.pool_usage()) == 1
-    master = standalone.group.server  # type: ignore[union-attr]
+    master = standalone.server
     for name in KEYSPACES:
         assert master.cli("GET", f"zen:t:default:{name}:probe") == name
     keys = master.cli("KEYS", "*").split()
@@ -258,7 +258,7 @@ async def test_health_status_shape_and_values(zen: Zen, target: Target) -> None:
 async def test_eviction_policy_that_drops_keys_without_ttl_raises_an_alert(
     standalone: Target,
 ) -> None:
-    server = standalone.group.server  # type: ignore[union-attr]
+    server = standalone.server
     server.cli("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
     try:
         async with open_zen(standalone.settings()) as zen:
@@ -287,7 +287,7 @@ async def test_raw_client_sees_what_the_core_wrote(standalone: Target) -> None:
     async with open_zen(standalone.settings()) as zen:
         ks = zen.redis.keyspace("cache")
         await ks.set(ks.key("doc"), zen.redis.codec.encode({"a": 1}))
-    server = standalone.group.server  # type: ignore[union-attr]
+    server = standalone.server
     assert await raw_get(server, KEYSPACES["cache"], "zen:t:default:doc") == b'\x01{"a":1}'
 
 

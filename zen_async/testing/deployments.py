@@ -106,6 +106,28 @@ class Target:
     def id(self) -> str:
         return f"{self.flavor}-{self.kind}"
 
+    @property
+    def url(self) -> str:
+        """The server URL of a standalone deployment.
+
+        Raises:
+            TypeError: the deployment is not standalone.
+        """
+        if not isinstance(self.group, Standalone):
+            raise TypeError(f"{self.id} has no single server URL")
+        return self.group.url
+
+    @property
+    def server(self) -> ServerProcess:
+        """The server process of a standalone deployment.
+
+        Raises:
+            TypeError: the deployment is not standalone.
+        """
+        if not isinstance(self.group, Standalone):
+            raise TypeError(f"{self.id} has no single server")
+        return self.group.server
+
     def settings(self, **overrides: Any) -> Settings:
         return settings_for(self.group, **overrides)
 

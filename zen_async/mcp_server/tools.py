@@ -1,0 +1,309 @@
+"""The MCP tools: thin async handlers that await zen on the server's own event loop.
+
+Tool names are stable (see docs/mcp.md). A ZenError becomes an MCP tool error carrying its
+message; the tenant is the one zen was opened for (server configuration), never an argument.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, ParamSpec, TypeVar
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import BaseModel
+
+from zen_async.agents import AgentCapabilities, AgentRecord, LifecycleState, TransitionResult
+from zen_async.conversations import ThreadContext
+from zen_async.errors import ZenError
+from zen_async.services import Zen
+
+__all__ = ["TOOL_NAMES", "ZenProvider", "register_tools"]
+
+ZenProvider = Callable[[], Zen]
+"""Returns the open Zen the tools use (set up by the server's lifespan)."""
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+TOOL_NAMES = (
+    "agent_create", "agent_get", "agent_list", "agent_transition", "agent_heartbeat",
+    "port_allocate", "port_release",
+    "events_replay", "conversation_create", "conversation_add_turn", "conversation_get",
+    "cache_get", "cache_set", "health", "metrics_query",
+)  # fmt: skip
+
+
+class AgentPage(BaseModel):
+    """A page of agents and the cursor of the next page (None: no more)."""
+
+    agents: list[AgentRecord]
+    next_cursor: str | None
+
+
+class PortLeaseOut(BaseModel):
+    """A port lease."""
+
+    port: int
+    host: str
+    agent_id: str
+    token: int
+    expires_at: datetime
+
+
+class HeartbeatOut(BaseModel):
+    """The new liveness deadline (None for a terminated agent)."""
+
+    agent_id: str
+    lease_expires_at: datetime | None
+
+
+class EventOut(BaseModel):
+    """One event of the log."""
+
+    id: str
+    stream: str
+    type: str
+    agent_id: str | None
+    time: datetime
+    data: Any
+
+
+class CacheValue(BaseModel):
+    """A cache lookup."""
+
+    key: str
+    found: bool
+    value: Any = None
+
+
+class MetricPointOut(BaseModel):
+    """One time bucket of a metric series."""
+
+    start: datetime
+    count: int
+    sum: float
+    min: float
+    max: float
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+
+
+def _zen_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn a ZenError into an MCP tool error that carries its message."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except ZenError as exc:
+            raise ToolError(f"{type(exc).__name__}: {exc}") from exc
+
+    return wrapper
+
+
+def register_tools(server: MCPServer[Any], zen: ZenProvider | Zen) -> None:
+    """Mount zen_async's tools on ``server`` (an existing MCP server, such as Zen MCP
+    Server, can mount them on its own loop).
+
+    Args:
+        server: the MCP server.
+        zen: an open Zen, or a function returning the open Zen at call time.
+    """
+    get: ZenProvider = (lambda: zen) if isinstance(zen, Zen) else zen
+    tool = server.tool
+
+    @tool(name="agent_create", description="Create an agent in state 'initializing'.")
+    @_zen_errors
+    async def agent_create(
+        agent_type: str,
+        agent_id: str | None = None,
+        capabilities: AgentCapabilities | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> AgentRecord:
+        return await get().agents.create_agent(
+            agent_type, agent_id=agent_id, capabilities=capabilities, metadata=metadata
+        )
+
+    @tool(name="agent_get", description="Get an agent's record.")
+    @_zen_errors
+    async def agent_get(agent_id: str) -> AgentRecord:
+        record = await get().agents.get_agent(agent_id)
+        if record is None:
+            raise ToolError(f"NotFoundError: agent {agent_id!r} does not exist")
+        return record
+
+    @tool(name="agent_list", description="List agents by state and type, a page at a time.")
+    @_zen_errors
+    async def agent_list(
+        state: LifecycleState | None = None,
+        agent_type: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> AgentPage:
+        agents, next_cursor = await get().agents.list_agents(
+            state=state, agent_type=agent_type, cursor=cursor, limit=limit
+        )
+        return AgentPage(agents=agents, next_cursor=next_cursor)
+
+    @tool(name="agent_transition", description="Move an agent to another lifecycle state.")
+    @_zen_errors
+    async def agent_transition(
+        agent_id: str,
+        to_state: LifecycleState,
+        expected_version: int | None = None,
+        reason: str | None = None,
+    ) -> TransitionResult:
+        return await get().agents.transition(
+            agent_id, to_state, expected_version=expected_version, reason=reason
+        )
+
+    @tool(name="agent_heartbeat", description="Refresh an agent's liveness lease.")
+    @_zen_errors
+    async def agent_heartbeat(
+        agent_id: str,
+        memory_mb: float | None = None,
+        cpu_percent: float | None = None,
+        connections: int | None = None,
+    ) -> HeartbeatOut:
+        expiry = await get().agents.heartbeat(
+            agent_id, memory_mb=memory_mb, cpu_percent=cpu_percent, connections=connections
+        )
+        return HeartbeatOut(agent_id=agent_id, lease_expires_at=expiry)
+
+    @tool(name="port_allocate", description="Lease a free port on this host to an agent.")
+    @_zen_errors
+    async def port_allocate(
+        agent_id: str, port_range_start: int | None = None, port_range_end: int | None = None
+    ) -> PortLeaseOut:
+        port_range = None
+        if port_range_start is not None and port_range_end is not None:
+            port_range = (port_range_start, port_range_end)
+        lease = await get().ports.allocate(agent_id, port_range=port_range)
+        return PortLeaseOut(
+            port=lease.port,
+            host=lease.host,
+            agent_id=lease.agent_id,
+            token=lease.token,
+            expires_at=lease.expires_at,
+        )
+
+    @tool(name="port_release", description="Give back a port the agent holds.")
+    @_zen_errors
+    async def port_release(agent_id: str, port: int) -> bool:
+        return await get().ports.release_port(agent_id, port)
+
+    @tool(name="events_replay", description="Events of a stream or of an agent, in order.")
+    @_zen_errors
+    async def events_replay(
+        stream: str | None = None,
+        agent_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        from_id: str | None = None,
+        limit: int = 100,
+    ) -> list[EventOut]:
+        out: list[EventOut] = []
+        async for event in get().events.replay(
+            stream, agent_id=agent_id, since=since, until=until, from_id=from_id
+        ):
+            out.append(
+                EventOut(
+                    id=event.id,
+                    stream=event.stream,
+                    type=event.type,
+                    agent_id=event.agent_id,
+                    time=event.time,
+                    data=event.data,
+                )
+            )
+            if len(out) >= limit:
+                break
+        return out
+
+    @tool(name="conversation_create", description="Start a conversation thread.")
+    @_zen_errors
+    async def conversation_create(
+        tool_name: str,
+        initial_context: dict[str, Any] | None = None,
+        parent_thread_id: str | None = None,
+    ) -> str:
+        return await get().conversations.create_thread(
+            tool_name, initial_context or {}, parent_thread_id=parent_thread_id
+        )
+
+    @tool(name="conversation_add_turn", description="Append a turn; returns the turn count.")
+    @_zen_errors
+    async def conversation_add_turn(
+        thread_id: str,
+        role: str,
+        content: str,
+        files: list[str] | None = None,
+        tool_name: str | None = None,
+        model_provider: str | None = None,
+        model_name: str | None = None,
+    ) -> int:
+        return await get().conversations.add_turn(
+            thread_id,
+            role,
+            content,
+            files=files,
+            tool_name=tool_name,
+            model_provider=model_provider,
+            model_name=model_name,
+        )
+
+    @tool(name="conversation_get", description="Get a conversation thread with its turns.")
+    @_zen_errors
+    async def conversation_get(thread_id: str) -> ThreadContext:
+        thread = await get().conversations.get_thread(thread_id)
+        if thread is None:
+            raise ToolError(f"NotFoundError: thread {thread_id!r} does not exist or expired")
+        return thread
+
+    @tool(name="cache_get", description="Read a cached value.")
+    @_zen_errors
+    async def cache_get(key: str) -> CacheValue:
+        value = await get().cache.get(key)
+        return CacheValue(key=key, found=value is not None, value=value)
+
+    @tool(name="cache_set", description="Cache a JSON value, with a TTL in seconds.")
+    @_zen_errors
+    async def cache_set(key: str, value: Any, ttl: float | None = None) -> bool:
+        await get().cache.set(key, value, ttl=ttl)
+        return True
+
+    @tool(name="health", description="Health of the Redis deployment (the seed's keys, more).")
+    @_zen_errors
+    async def health() -> dict[str, Any]:
+        return await get().redis.check_health()
+
+    @tool(name="metrics_query", description="A metric's time-bucketed series.")
+    @_zen_errors
+    async def metrics_query(
+        name: str,
+        since: datetime,
+        until: datetime | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> list[MetricPointOut]:
+        zen_now = get()
+        await zen_now.metrics.flush()  # include what this process recorded so far
+        points = await zen_now.metrics.query(name, tags=tags, since=since, until=until)
+        return [
+            MetricPointOut(
+                start=p.start,
+                count=p.count,
+                sum=p.sum,
+                min=p.min,
+                max=p.max,
+                mean=p.mean,
+                p50=p.p50,
+                p90=p.p90,
+                p99=p.p99,
+            )
+            for p in points
+        ]
