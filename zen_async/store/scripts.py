@@ -5,6 +5,10 @@ Each file opens with a header comment that documents KEYS and ARGV; a line
 arguments has the effect of running it once, which lets the runner retry it after a lost reply.
 Scripts run by EVALSHA; a NOSCRIPT reply (a restarted server, a new cluster node, a failover)
 falls back to EVAL, which also caches the script on that server.
+
+Lua has no modules here, so code shared by several scripts lives in ``scripts/lib/<name>.lua``
+and a script includes it with a line ``--@include <name>``, replaced by that file's text
+where it stands (so the included functions see the script's locals declared above it).
 """
 
 from __future__ import annotations
@@ -44,9 +48,10 @@ class ScriptRegistry(Mapping[str, Script]):
             ConfigError: a script lacks its KEYS/ARGV header.
         """
         root = directory or Path(str(resources.files("zen_async.store") / "scripts"))
+        libraries = {p.stem: p.read_text(encoding="utf-8") for p in (root / "lib").glob("*.lua")}
         scripts: dict[str, Script] = {}
         for path in sorted(root.glob("*.lua")):
-            source = path.read_text(encoding="utf-8")
+            source = _expand(path.name, path.read_text(encoding="utf-8"), libraries)
             header = _header(source)
             if "KEYS" not in header or "ARGV" not in header:
                 raise ConfigError(
@@ -79,6 +84,32 @@ class ScriptRegistry(Mapping[str, Script]):
 
     def __len__(self) -> int:
         return len(self._scripts)
+
+
+def _expand(name: str, source: str, libraries: Mapping[str, str]) -> str:
+    """Replace each ``--@include <lib>`` line with that library's source.
+
+    Raises:
+        ConfigError: an include names no file of ``scripts/lib``.
+    """
+    lines = []
+    for line in source.splitlines(keepends=True):
+        if line.startswith("--@include "):
+            lib = line.split(maxsplit=1)[1].strip()
+            if lib not in libraries:
+                raise ConfigError(
+                    [
+                        ConfigProblem(
+                            f"script {name}",
+                            line.strip(),
+                            f"an include of one of scripts/lib: {sorted(libraries)}",
+                        )
+                    ]
+                )
+            lines.append(libraries[lib].rstrip("\n") + "\n")
+        else:
+            lines.append(line)
+    return "".join(lines)
 
 
 def _header(source: str) -> str:

@@ -14,6 +14,7 @@
 -- ARGV[10] the shard stream's logical name, for the hint
 --
 -- Returns {version, created_ms, event_id}. Errors: "CONFLICT agent <id> already exists".
+--@include agent_event
 local P, id, kind = ARGV[1], ARGV[2], ARGV[3]
 if redis.call("EXISTS", KEYS[1]) == 1 then
   return redis.error_reply("CONFLICT agent " .. id .. " already exists")
@@ -28,11 +29,6 @@ redis.call("ZADD", P .. "idx:st:initializing", 0, id)
 redis.call("ZADD", P .. "idx:st:initializing:" .. kind, 0, id)
 redis.call("ZADD", P .. "leases", now + tonumber(ARGV[7]), id)
 local data = cjson.encode({to = "initializing", version = 1, agent_type = kind})
-local fields = {"time", now, "type", "agent_created", "agent", id, "v", "1", "data", data}
-local event = redis.call("XADD", P .. "events", "*", unpack(fields))
-redis.call("XADD", P .. "audit:" .. id, "MAXLEN", "~", ARGV[8], event, unpack(fields))
-if ARGV[9] ~= "" then
-  redis.call("PUBLISH", ARGV[9], cjson.encode({stream = ARGV[10], id = event,
-    type = "agent_created", agent = id, to = "initializing", version = 1}))
-end
+local event = emit_agent_event(P, id, "agent_created", data, now, ARGV[8], ARGV[9], ARGV[10],
+  {to = "initializing", version = 1})
 return {1, now, event}

@@ -9,6 +9,7 @@
 -- ARGV[5]  the shard stream's logical name, for the hint
 --
 -- Returns the event id, or false when the agent did not exist.
+--@include agent_event
 local P, id = ARGV[1], ARGV[2]
 local current = redis.call("HMGET", KEYS[1], "state", "type", "version")
 local state, kind = current[1], current[2]
@@ -25,11 +26,4 @@ redis.call("ZREM", P .. "reaped", id)
 local t = redis.call("TIME")
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local data = cjson.encode({from = state, version = tonumber(current[3])})
-local fields = {"time", now, "type", "agent_deleted", "agent", id, "v", "1", "data", data}
-local event = redis.call("XADD", P .. "events", "*", unpack(fields))
-redis.call("XADD", P .. "audit:" .. id, "MAXLEN", "~", ARGV[3], event, unpack(fields))
-if ARGV[4] ~= "" then
-  redis.call("PUBLISH", ARGV[4], cjson.encode({stream = ARGV[5], id = event,
-    type = "agent_deleted", agent = id}))
-end
-return event
+return emit_agent_event(P, id, "agent_deleted", data, now, ARGV[3], ARGV[4], ARGV[5], {})

@@ -12,6 +12,7 @@
 -- ARGV[6]  the shard stream's logical name, for the hint
 --
 -- Returns the ids of the agents it moved to "error".
+--@include agent_event
 local P = ARGV[1]
 local t = redis.call("TIME")
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -33,14 +34,8 @@ for _, id in ipairs(expired) do
       redis.call("ZADD", P .. "idx:st:error:" .. kind, 0, id)
       local data = cjson.encode({from = from, to = "error", version = version,
         reason = "heartbeat_lost"})
-      local fields = {"time", now, "type", "state_changed", "agent", id, "v", "1",
-        "data", data}
-      local event = redis.call("XADD", P .. "events", "*", unpack(fields))
-      redis.call("XADD", P .. "audit:" .. id, "MAXLEN", "~", ARGV[4], event, unpack(fields))
-      if ARGV[5] ~= "" then
-        redis.call("PUBLISH", ARGV[5], cjson.encode({stream = ARGV[6], id = event,
-          type = "state_changed", agent = id, to = "error", version = version}))
-      end
+      emit_agent_event(P, id, "state_changed", data, now, ARGV[4], ARGV[5], ARGV[6],
+        {to = "error", version = version})
       reaped[#reaped + 1] = id
     end
   end

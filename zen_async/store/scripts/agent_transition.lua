@@ -16,6 +16,7 @@
 --
 -- Returns {from_state, new_version, event_id}. Errors: "NOTFOUND <id>",
 -- "CONFLICT <id> <stored version> <expected>", "INVALID <id> <from> <to>".
+--@include agent_event
 local P, id, to = ARGV[1], ARGV[2], ARGV[3]
 local current = redis.call("HMGET", KEYS[1], "state", "version", "type")
 local from, version, kind = current[1], tonumber(current[2]), current[3]
@@ -43,12 +44,6 @@ local data = {from = from, to = to, version = version}
 if ARGV[6] ~= "" then
   data["reason"] = ARGV[6]
 end
-local fields = {"time", now, "type", "state_changed", "agent", id, "v", "1",
-  "data", cjson.encode(data)}
-local event = redis.call("XADD", P .. "events", "*", unpack(fields))
-redis.call("XADD", P .. "audit:" .. id, "MAXLEN", "~", ARGV[7], event, unpack(fields))
-if ARGV[8] ~= "" then
-  redis.call("PUBLISH", ARGV[8], cjson.encode({stream = ARGV[9], id = event,
-    type = "state_changed", agent = id, to = to, version = version}))
-end
+local event = emit_agent_event(P, id, "state_changed", cjson.encode(data), now, ARGV[7],
+  ARGV[8], ARGV[9], {to = to, version = version})
 return {from, version, event}

@@ -13,34 +13,7 @@
 -- Not idempotent: a resend after a lost reply would report 0 or a conflict.
 local free, used, exp, owner, byagent, quar = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 
-local function parse(member)
-  local s, e = string.match(member, "^(%d+):(%d+)$")
-  return tonumber(s), tonumber(e)
-end
-
-local function ensure_free()
-  if redis.call("EXISTS", free) == 1 then return end
-  local from = 1
-  for _, u in ipairs(redis.call("ZRANGE", used, 0, -1)) do
-    local p = tonumber(u)
-    if p > from then redis.call("ZADD", free, from, from .. ":" .. p) end
-    from = p + 1
-  end
-  if from < 65536 then redis.call("ZADD", free, from, from .. ":65536") end
-end
-
-local function give_back(port)
-  local lo, hi = port, port + 1
-  local prev = redis.call("ZREVRANGEBYSCORE", free, "(" .. port, "-inf", "LIMIT", 0, 1)[1]
-  local nxt = redis.call("ZRANGEBYSCORE", free, port, "+inf", "LIMIT", 0, 1)[1]
-  local ps, pe, ns, ne
-  if prev then ps, pe = parse(prev) end
-  if nxt then ns, ne = parse(nxt) end
-  if (pe and pe > port) or ns == port then return end
-  if pe == port then lo = ps; redis.call("ZREM", free, prev) end
-  if ns == port + 1 then hi = ne; redis.call("ZREM", free, nxt) end
-  redis.call("ZADD", free, lo, lo .. ":" .. hi)
-end
+--@include port_intervals
 
 local agent, port, token = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local rec = redis.call("HGET", owner, port)
