@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from zen_async import open_zen
 from zen_async.cli import render_health
 from zen_async.testing import free_port
 from zen_async.testing.deployments import Target
@@ -80,3 +84,41 @@ def test_render_health_lists_alerts() -> None:
     text = render_health(status)
     assert "redis available   NO" in text
     assert "! circuit_breaker_open: circuit breaker open for 61s" in text
+
+
+def test_replay_prints_an_agents_audit_trail(standalone: Target, tmp_path: Path) -> None:
+    async def make_history() -> None:
+        async with open_zen(standalone.settings()) as zen:
+            await zen.agents.create_agent("cli", agent_id="cli-1")
+            await zen.agents.transition("cli-1", "ready")
+
+    asyncio.run(make_history())
+    result = run_cli("replay", "cli-1", "--json", env={"REDIS_URL": standalone.url}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["type"] for line in lines] == ["agent_created", "state_changed"]
+    missing = run_cli("replay", "nobody", env={"REDIS_URL": standalone.url}, cwd=tmp_path)
+    assert missing.returncode == 1
+
+
+@pytest.mark.slow
+def test_cluster_up_and_down(tmp_path: Path) -> None:
+    root = tmp_path / "local"
+    up = run_cli("cluster", "up", "--kind", "sentinel", "--dir", str(root), env={}, cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    assert "export REDIS_USE_SENTINEL=true" in up.stdout
+    nodes = next(line for line in up.stdout.splitlines() if "REDIS_SENTINEL_NODES" in line)
+    env = {
+        "REDIS_USE_SENTINEL": "true",
+        "REDIS_SENTINEL_NODES": nodes.split("=", 1)[1],
+        "REDIS_MASTER_NAME": "zenmaster",
+    }
+    try:
+        health = run_cli("health", "--json", env=env, cwd=tmp_path)
+        assert health.returncode == 0, health.stderr
+        assert json.loads(health.stdout)["topology"] == "sentinel"
+        again = run_cli("cluster", "up", "--dir", str(root), env={}, cwd=tmp_path)
+        assert again.returncode == 2
+    finally:
+        down = run_cli("cluster", "down", "--dir", str(root), env={}, cwd=tmp_path)
+    assert "stopped 6 processes" in down.stdout

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -36,7 +39,92 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("ZEN_MCP_TOKEN"),
         help="require 'Authorization: Bearer <token>' over HTTP (default: $ZEN_MCP_TOKEN)",
     )
+    replay = sub.add_parser("replay", help="print an agent's audit trail, oldest first")
+    replay.add_argument("agent_id")
+    replay.add_argument("--limit", type=int, default=1000)
+    replay.add_argument("--json", action="store_true", help="one JSON object per line")
+    cluster = sub.add_parser(
+        "cluster", help="start or stop a local Cluster or Sentinel group (no Docker needed)"
+    )
+    cluster.add_argument("action", choices=("up", "down"))
+    cluster.add_argument("--kind", choices=("cluster", "sentinel"), default="cluster")
+    cluster.add_argument("--flavor", choices=("redis", "valkey"), default="redis")
+    cluster.add_argument(
+        "--dir",
+        type=Path,
+        default=_default_cluster_dir(),
+        help="where the servers keep data, logs and pid files",
+    )
     return parser
+
+
+def _default_cluster_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "zen-async" / "local-cluster"
+
+
+async def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_zen(settings) as zen:
+        trail = await zen.events.audit_trail(args.agent_id, limit=args.limit)
+    for event in trail:
+        if args.json:
+            line = orjson.dumps(
+                {
+                    "id": event.id,
+                    "time": event.time.isoformat(),
+                    "type": event.type,
+                    "data": event.data,
+                }
+            ).decode()
+        else:
+            line = (
+                f"{event.time.isoformat(timespec='milliseconds')}  {event.id:<18} "
+                f"{event.type:<16} {orjson.dumps(event.data).decode()}"
+            )
+        sys.stdout.write(line + "\n")
+    if not trail:
+        sys.stderr.write(f"zen-async: no events for agent {args.agent_id!r}\n")
+        return 1
+    return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from zen_async.testing import ClusterGroup, SentinelGroup  # noqa: PLC0415 - dev tooling
+
+    root: Path = args.dir
+    if args.action == "down":
+        pids = [int(p.read_text()) for p in root.glob("*/*/server.pid") if p.read_text().strip()]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        sys.stdout.write(f"stopped {len(pids)} processes under {root}\n")
+        return 0
+    if any(root.glob("*/*/server.pid")):
+        sys.stderr.write(f"zen-async: {root} already holds a group; run 'cluster down' first\n")
+        return 2
+    target = root / f"{args.flavor}-{args.kind}"
+    sys.stdout.write(f"starting a {args.flavor} {args.kind} in {target} ...\n")
+    sys.stdout.flush()
+    group: ClusterGroup | SentinelGroup
+    if args.kind == "cluster":
+        cluster = ClusterGroup(args.flavor, base_dir=target)
+        cluster.start()
+        group = cluster
+        env = {"REDIS_USE_CLUSTER": "true", "REDIS_CLUSTER_NODES": cluster.cluster_nodes}
+    else:
+        sentinel = SentinelGroup(args.flavor, base_dir=target)
+        sentinel.start()
+        group = sentinel
+        env = {
+            "REDIS_USE_SENTINEL": "true",
+            "REDIS_SENTINEL_NODES": sentinel.sentinel_nodes,
+            "REDIS_MASTER_NAME": sentinel.master_name,
+        }
+    group.detach()
+    sys.stdout.write("ready. Point zen-async at it with:\n")
+    sys.stdout.writelines(f"  export {k}={v}\n" for k, v in env.items())
+    sys.stdout.write(f"stop it with: zen-async cluster down --dir {root}\n")
+    return 0
 
 
 def _connect_help(host: str, port: int, token: str | None) -> str:
@@ -141,6 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_health(settings, as_json=args.json))
         if args.command == "serve":
             return asyncio.run(_serve(settings, args))
+        if args.command == "replay":
+            return asyncio.run(_replay(settings, args))
+        if args.command == "cluster":
+            return _cluster(args)
     except ZenError as exc:
         sys.stderr.write(f"zen-async: {type(exc).__name__}: {exc}\n")
         return 1
