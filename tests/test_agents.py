@@ -243,6 +243,12 @@ async def test_wait_for_state_is_woken_by_another_instance(target: Target) -> No
         assert await watcher.agents.wait_for_state("waited", ["running"], timeout=5) is S.RUNNING
         with pytest.raises(TimeoutError):
             await watcher.agents.wait_for_state("waited", ["terminated"], timeout=0.3)
+        # A tenant view shares the background tasks; its waits listen for themselves.
+        view, other = watcher.for_tenant("acme"), actor.for_tenant("acme")
+        await other.agents.create_agent("svc", agent_id="waited")
+        waiting = asyncio.create_task(view.agents.wait_for_state("waited", ["ready"], timeout=20))
+        await other.agents.transition("waited", "ready")
+        assert await waiting is S.READY
 
 
 async def test_missed_heartbeats_are_reaped_once_and_ports_released(standalone: Target) -> None:

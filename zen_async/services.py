@@ -66,7 +66,12 @@ class Zen:
         self.events = EventLog(redis, tenant=self.tenant)
         self.ports = PortAllocator(redis, tenant=self.tenant, on_event=self._port_event)
         self.agents = AgentStateManager(
-            redis, self.events, ports=self.ports, tenant=self.tenant, metrics=self.metrics
+            redis,
+            self.events,
+            ports=self.ports,
+            tenant=self.tenant,
+            metrics=self.metrics,
+            background_listener=metrics is None,  # a tenant view's waits listen for themselves
         )
         self.conversations = ConversationStore(redis, tenant=self.tenant)
         self.cache = Cache(redis, tenant=self.tenant)

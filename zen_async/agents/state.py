@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 import structlog
 
+from zen_async._tasks import background
 from zen_async.agents.models import (
     ACTIVE_STATES,
     TRANSITIONS,
@@ -80,6 +81,8 @@ class AgentStateManager:
         reap_interval: seconds between reaper passes in :meth:`run`.
         release_grace: seconds after an agent was reaped before its ports are released.
         metrics: where operation latencies and coordination events are recorded.
+        background_listener: True when the owner runs :meth:`run` (which listens for state
+            hints); False for a tenant view, whose waits then listen for themselves.
     """
 
     def __init__(
@@ -93,7 +96,9 @@ class AgentStateManager:
         reap_interval: float = 5.0,
         release_grace: float = 30.0,
         metrics: Metrics | None = None,
+        background_listener: bool = True,
     ) -> None:
+        self._background_listener = background_listener
         self._redis = redis
         self._metrics = metrics
         self._events = events
@@ -395,11 +400,19 @@ class AgentStateManager:
         """
         wanted = frozenset(_state(s) for s in states)
         validate_agent_id(agent_id)
+        if not self._background_listener:  # a tenant view: listen for the length of the wait
+            async with background(agent_hints=self.listen()):
+                return await self._wait(agent_id, wanted, within=timeout)
+        return await self._wait(agent_id, wanted, within=timeout)
+
+    async def _wait(
+        self, agent_id: str, wanted: frozenset[LifecycleState], *, within: float
+    ) -> LifecycleState:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         entry = (wanted, future)
         self._waiters.setdefault(agent_id, []).append(entry)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 await self._listening.wait()  # subscribed: no hint can slip by from here
                 record = await self.get_agent(agent_id)
                 if record is None:
