@@ -70,6 +70,24 @@ async def test_every_tool_in_process(target: Target) -> None:
             is True
         )
 
+        task = payload(
+            await client.call_tool(
+                "task_create", {"agent_type": "coder", "request": {"do": "x"}, "priority": 5}
+            )
+        )
+        assert task["status"] == "pending"
+        assert payload(await client.call_tool("task_get", {"task_id": task["task_id"]}))[
+            "request"
+        ] == {"do": "x"}
+        cancelled = payload(
+            await client.call_tool(
+                "task_update", {"task_id": task["task_id"], "status": "cancelled"}
+            )
+        )
+        assert cancelled["status"] == "cancelled"
+        listed = payload(await client.call_tool("task_list", {"status": "cancelled"}))
+        assert [t["task_id"] for t in listed["tasks"]] == [task["task_id"]]
+
         events = payload(await client.call_tool("events_replay", {"agent_id": "mcp-1"}))
         assert [e["type"] for e in events][:2] == ["agent_created", "state_changed"]
 

@@ -19,13 +19,16 @@ __all__ = ["background"]
 
 log = structlog.get_logger(__name__)
 
+_RECANCEL_INTERVAL = 0.5
+
 
 @contextlib.asynccontextmanager
 async def background(**coroutines: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
     """Run each coroutine as a named task for the duration of the block.
 
     A task that fails is logged (its error does not interrupt the block); on exit every task
-    is cancelled and awaited, shielded from the caller's own cancellation.
+    is cancelled, again every half second until it ends, and awaited, shielded from the
+    caller's own cancellation.
     """
     tasks = [asyncio.create_task(coro, name=f"zen-{name}") for name, coro in coroutines.items()]
     for task in tasks:
@@ -33,10 +36,14 @@ async def background(**coroutines: Coroutine[Any, Any, None]) -> AsyncIterator[N
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
         with anyio.CancelScope(shield=True):
-            await asyncio.gather(*tasks, return_exceptions=True)
+            pending = set(tasks)
+            while pending:
+                # Cancel again while a task lingers: on Python 3.11 a cancel that lands as a
+                # redis-py read or write times out can be swallowed, and a loop would go on.
+                for task in pending:
+                    task.cancel()
+                _, pending = await asyncio.wait(pending, timeout=_RECANCEL_INTERVAL)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -12,6 +12,7 @@ import anyio
 from zen_async._tasks import background
 from zen_async.agents.ports import PortAllocator
 from zen_async.agents.state import AgentStateManager
+from zen_async.agents.tasks import AgentTaskManager
 from zen_async.cache import Cache
 from zen_async.config import Settings
 from zen_async.conversations import ConversationStore
@@ -46,6 +47,7 @@ class Zen:
         events: the event log (Streams) and its consumers.
         ports: distributed port leases.
         agents: agent records, lifecycle, liveness.
+        tasks: agent tasks: priority queues per agent type, claims, timeouts.
         conversations: conversation threads (Zen MCP Server's model).
         cache: a cache with single-flight fills.
         metrics: buffered metric series and the Prometheus exposition.
@@ -72,6 +74,9 @@ class Zen:
             tenant=self.tenant,
             metrics=self.metrics,
             background_listener=metrics is None,  # a tenant view's waits listen for themselves
+        )
+        self.tasks = AgentTaskManager(
+            redis, ports=self.ports, events=self.events, tenant=self.tenant
         )
         self.conversations = ConversationStore(redis, tenant=self.tenant)
         self.cache = Cache(redis, tenant=self.tenant)
@@ -126,6 +131,7 @@ async def open_zen(settings: Settings | None = None) -> AsyncIterator[Zen]:
         tasks = {
             "event_trim": zen.events.run(),
             "agents": zen.agents.run(),
+            "tasks": zen.tasks.run(),
             "metrics": zen.metrics.run(),
         }
         if zen.settings.redis_event_export:

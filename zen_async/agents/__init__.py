@@ -12,19 +12,35 @@ from zen_async.agents.models import (
 )
 from zen_async.agents.ports import PortAllocator, PortEventHook, PortLease, PortStats
 from zen_async.agents.state import AgentStateManager
+from zen_async.agents.tasks import (
+    FINISHED_STATUSES,
+    TASK_TRANSITIONS,
+    AgentTask,
+    AgentTaskManager,
+    TaskMessage,
+    TaskSpec,
+    TaskStatus,
+)
 
 __all__ = [
     "ACTIVE_STATES",
+    "FINISHED_STATUSES",
+    "TASK_TRANSITIONS",
     "TRANSITIONS",
     "AgentCapabilities",
     "AgentPerformance",
     "AgentRecord",
     "AgentSpec",
     "AgentStateManager",
+    "AgentTask",
+    "AgentTaskManager",
     "LifecycleState",
     "PortAllocator",
     "PortEventHook",
     "PortLease",
     "PortStats",
+    "TaskMessage",
+    "TaskSpec",
+    "TaskStatus",
     "TransitionResult",
 ]

@@ -15,7 +15,14 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel
 
-from zen_async.agents import AgentCapabilities, AgentRecord, LifecycleState, TransitionResult
+from zen_async.agents import (
+    AgentCapabilities,
+    AgentRecord,
+    AgentTask,
+    LifecycleState,
+    TaskStatus,
+    TransitionResult,
+)
 from zen_async.conversations import ThreadContext
 from zen_async.errors import ZenError
 from zen_async.services import Zen
@@ -31,6 +38,7 @@ R = TypeVar("R")
 TOOL_NAMES = (
     "agent_create", "agent_get", "agent_list", "agent_transition", "agent_heartbeat",
     "port_allocate", "port_release",
+    "task_create", "task_get", "task_update", "task_list",
     "events_replay", "conversation_create", "conversation_add_turn", "conversation_get",
     "cache_get", "cache_set", "health", "metrics_query",
 )  # fmt: skip
@@ -51,6 +59,13 @@ class PortLeaseOut(BaseModel):
     agent_id: str
     token: int
     expires_at: datetime
+
+
+class TaskPage(BaseModel):
+    """A page of tasks and the cursor of the next page (None: no more)."""
+
+    tasks: list[AgentTask]
+    next_cursor: str | None
 
 
 class HeartbeatOut(BaseModel):
@@ -196,6 +211,63 @@ def register_tools(server: MCPServer[Any], zen: ZenProvider | Zen) -> None:
     @_zen_errors
     async def port_release(agent_id: str, port: int) -> bool:
         return await get().ports.release_port(agent_id, port)
+
+    @tool(name="task_create", description="Queue a task for agents of a type.")
+    @_zen_errors
+    async def task_create(
+        agent_type: str,
+        request: dict[str, Any],
+        priority: int = 0,
+        timeout_seconds: float = 300.0,
+        task_id: str | None = None,
+    ) -> AgentTask:
+        return await get().tasks.create_task(
+            agent_type,
+            request,
+            priority=priority,
+            timeout_seconds=timeout_seconds,
+            task_id=task_id,
+        )
+
+    @tool(name="task_get", description="Get a task.")
+    @_zen_errors
+    async def task_get(task_id: str) -> AgentTask:
+        task = await get().tasks.get_task(task_id)
+        if task is None:
+            raise ToolError(f"NotFoundError: task {task_id!r} does not exist")
+        return task
+
+    @tool(
+        name="task_update",
+        description="Move a task to a new status (completed takes a result, failed an error).",
+    )
+    @_zen_errors
+    async def task_update(
+        task_id: str,
+        status: TaskStatus,
+        result: Any = None,
+        error: str | None = None,
+        expected_version: int | None = None,
+    ) -> AgentTask:
+        tasks = get().tasks
+        if status is TaskStatus.COMPLETED:
+            return await tasks.complete(task_id, result, expected_version=expected_version)
+        if status is TaskStatus.FAILED:
+            return await tasks.fail(task_id, error or "failed", expected_version=expected_version)
+        return await tasks.update_status(task_id, status, expected_version=expected_version)
+
+    @tool(name="task_list", description="List tasks by status and agent type, a page at a time.")
+    @_zen_errors
+    async def task_list(
+        status: TaskStatus | None = None,
+        agent_type: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> TaskPage:
+        page, next_cursor = await get().tasks.list_tasks(
+            status, agent_type=agent_type, cursor=cursor, limit=limit
+        )
+        return TaskPage(tasks=page, next_cursor=next_cursor)
 
     @tool(name="events_replay", description="Events of a stream or of an agent, in order.")
     @_zen_errors
