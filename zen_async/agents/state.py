@@ -327,12 +327,13 @@ class AgentStateManager:
             InvalidTransitionError: the table does not allow it; names from, to and the
                 allowed targets. Nothing was written.
         """
-        result = (
-            await self.transition_many([(agent_id, to_state, expected_version)], reason=reason)
-        )[0]
-        if isinstance(result, ZenError):
-            raise result
-        return result
+        keys, args, target = self._transition_call(agent_id, to_state, expected_version, reason)
+        try:
+            with self._timed("transition"):
+                reply = await self._ks.run_script("agent_transition", keys, args)
+        except ZenError as exc:
+            raise _explain(exc, agent_id) from None
+        return _transition_result(agent_id, target, reply)
 
     async def transition_many(
         self,
@@ -342,45 +343,45 @@ class AgentStateManager:
     ) -> list[TransitionResult | ZenError]:
         """Many transitions, each atomic, pipelined in batches. Returns, in order, each
         result or the typed error of the one that failed (the others still happened)."""
-        calls = []
-        targets = []
-        for agent_id, to_state, expected in transitions:
-            target = _state(to_state)
-            validate_agent_id(agent_id)
-            shard = self._shard(agent_id)
-            targets.append(target)
-            sources = "," + ",".join(sources_of(target)) + ","
-            calls.append(
-                (
-                    [self._agent_key(agent_id)],
-                    [
-                        self._prefix(shard),
-                        agent_id,
-                        target.value,
-                        sources,
-                        "" if expected is None else expected,
-                        reason or "",
-                        *self._hint_args(shard),
-                    ],
-                )
+        prepared = [
+            self._transition_call(a, to, expected, reason) for a, to, expected in transitions
+        ]
+        with self._timed("transition_many"):
+            replies = await self._ks.run_script_many(
+                "agent_transition",
+                [(keys, args) for keys, args, _ in prepared],
+                raise_on_error=False,
             )
-        replies = await self._ks.run_script_many("agent_transition", calls, raise_on_error=False)
         results: list[TransitionResult | ZenError] = []
-        for (agent_id, _, _), target, reply in zip(transitions, targets, replies, strict=True):
+        for (agent_id, _, _), (_, _, target), reply in zip(
+            transitions, prepared, replies, strict=True
+        ):
             if isinstance(reply, ZenError):
                 results.append(_explain(reply, agent_id))
             else:
-                from_state, version, event_id = reply
-                results.append(
-                    TransitionResult(
-                        agent_id=agent_id,
-                        from_state=LifecycleState(_text(from_state)),
-                        to_state=target,
-                        version=int(version),
-                        event_id=_text(event_id),
-                    )
-                )
+                results.append(_transition_result(agent_id, target, reply))
         return results
+
+    def _transition_call(
+        self,
+        agent_id: str,
+        to_state: LifecycleState | str,
+        expected: int | None,
+        reason: str | None,
+    ) -> tuple[list[str], list[Arg], LifecycleState]:
+        target = _state(to_state)
+        validate_agent_id(agent_id)
+        shard = self._shard(agent_id)
+        args: list[Arg] = [
+            self._prefix(shard),
+            agent_id,
+            target.value,
+            _SOURCES[target],
+            "" if expected is None else expected,
+            reason or "",
+            *self._hint_args(shard),
+        ]
+        return [self._agent_key(agent_id)], args, target
 
     async def wait_for_state(
         self,
@@ -635,6 +636,22 @@ class AgentStateManager:
 
 
 # --- helpers ----------------------------------------------------------------------------------
+_SOURCES: Final = {t: "," + ",".join(sources_of(t)) + "," for t in LifecycleState}
+"""For each target state, the states it may be reached from, as the transition script reads
+them (",a,b,")."""
+
+
+def _transition_result(agent_id: str, target: LifecycleState, reply: Any) -> TransitionResult:
+    from_state, version, event_id = reply
+    return TransitionResult(
+        agent_id=agent_id,
+        from_state=LifecycleState(_text(from_state)),
+        to_state=target,
+        version=int(version),
+        event_id=_text(event_id),
+    )
+
+
 def _check_type(agent_type: str) -> None:
     if not isinstance(agent_type, str) or not _AGENT_TYPE.fullmatch(agent_type):
         raise ValidationError(
