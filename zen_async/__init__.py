@@ -37,12 +37,23 @@ from zen_async.errors import (
     ZenError,
 )
 from zen_async.events import Event, EventLog, NewEvent
+from zen_async.memory import (
+    AgentMemoryManager,
+    MemoryAnalytics,
+    MemoryEntry,
+    MemoryOptions,
+    MemoryPriority,
+    MemorySearchResult,
+    MemoryType,
+    NewMemory,
+)
 from zen_async.metrics import MetricPoint, Metrics
 from zen_async.services import Zen, open_zen
 from zen_async.store import BreakerState, Keyspace, RedisManager
 
 __all__ = [
     "AgentCapabilities",
+    "AgentMemoryManager",
     "AgentRecord",
     "AgentSpec",
     "AgentStateManager",
@@ -64,9 +75,16 @@ __all__ = [
     "InvalidTransitionError",
     "Keyspace",
     "LifecycleState",
+    "MemoryAnalytics",
+    "MemoryEntry",
+    "MemoryOptions",
+    "MemoryPriority",
+    "MemorySearchResult",
+    "MemoryType",
     "MetricPoint",
     "Metrics",
     "NewEvent",
+    "NewMemory",
     "NotFoundError",
     "PortAllocator",
     "PortLease",

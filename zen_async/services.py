@@ -19,6 +19,7 @@ from zen_async.conversations import ConversationStore
 from zen_async.errors import ValidationError
 from zen_async.events import EventLog
 from zen_async.events.export import EventExporter
+from zen_async.memory import AgentMemoryManager, Embedder, embedder_from_settings
 from zen_async.metrics import (
     MEMORY_CONSOLIDATION_FAILURES,
     PORT_ALLOCATION_FAILURES,
@@ -48,13 +49,20 @@ class Zen:
         ports: distributed port leases.
         agents: agent records, lifecycle, liveness.
         tasks: agent tasks: priority queues per agent type, claims, timeouts.
+        memory: agent memory with exact vector search (a tenant view's index syncs on
+            demand; only the default tenant's runs in the background).
         conversations: conversation threads (Zen MCP Server's model).
         cache: a cache with single-flight fills.
         metrics: buffered metric series and the Prometheus exposition.
     """
 
     def __init__(
-        self, redis: RedisManager, *, tenant: str | None = None, metrics: Metrics | None = None
+        self,
+        redis: RedisManager,
+        *,
+        tenant: str | None = None,
+        metrics: Metrics | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         settings = redis.settings
         self.settings = settings
@@ -77,6 +85,10 @@ class Zen:
         )
         self.tasks = AgentTaskManager(
             redis, ports=self.ports, events=self.events, tenant=self.tenant
+        )
+        self.embedder = embedder or embedder_from_settings(settings)
+        self.memory = AgentMemoryManager(
+            redis, self.events, tenant=self.tenant, metrics=self.metrics, embedder=self.embedder
         )
         self.conversations = ConversationStore(redis, tenant=self.tenant)
         self.cache = Cache(redis, tenant=self.tenant)
@@ -103,7 +115,7 @@ class Zen:
             raise ValidationError(
                 f"tenant {tenant!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ . -"
             )
-        return Zen(self.redis, tenant=tenant, metrics=self.metrics)
+        return Zen(self.redis, tenant=tenant, metrics=self.metrics, embedder=self.embedder)
 
 
 @contextlib.asynccontextmanager
@@ -132,6 +144,7 @@ async def open_zen(settings: Settings | None = None) -> AsyncIterator[Zen]:
             "event_trim": zen.events.run(),
             "agents": zen.agents.run(),
             "tasks": zen.tasks.run(),
+            "memory": zen.memory.run(),
             "metrics": zen.metrics.run(),
         }
         if zen.settings.redis_event_export:
