@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from zen_async.errors import ValidationError
+
 __all__ = [
     "ACTIVE_STATES",
+    "AGENT_TYPE",
     "TRANSITIONS",
     "AgentCapabilities",
     "AgentPerformance",
@@ -18,6 +22,7 @@ __all__ = [
     "LifecycleState",
     "TransitionResult",
     "sources_of",
+    "validate_agent_type",
 ]
 
 
@@ -61,6 +66,23 @@ terminated     (none: final)
 
 ACTIVE_STATES: Final = frozenset({S.INITIALIZING, S.READY, S.RUNNING, S.PAUSED, S.TERMINATING})
 """States that count as active agents in the health status."""
+
+
+AGENT_TYPE: Final = re.compile(r"[a-z0-9_.-]{1,64}")
+"""What an agent type may be: it is part of index and queue key names."""
+
+
+def validate_agent_type(agent_type: object) -> str:
+    """Check an agent type.
+
+    Raises:
+        ValidationError: not 1-64 characters from ``a-z 0-9 _ . -``.
+    """
+    if not isinstance(agent_type, str) or not AGENT_TYPE.fullmatch(agent_type):
+        raise ValidationError(
+            f"agent type {agent_type!r} is invalid: use 1-64 characters from a-z 0-9 _ . -"
+        )
+    return agent_type
 
 
 def sources_of(target: LifecycleState) -> list[LifecycleState]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import socket
 import uuid
 from collections.abc import Iterable, Sequence
@@ -31,6 +30,7 @@ from zen_async.agents.models import (
     LifecycleState,
     TransitionResult,
     sources_of,
+    validate_agent_type,
 )
 from zen_async.errors import (
     ConflictError,
@@ -57,7 +57,6 @@ __all__ = ["AgentStateManager"]
 
 log = structlog.get_logger(__name__)
 
-_AGENT_TYPE = re.compile(r"^[a-z0-9_.-]{1,64}$")
 _REAP_BATCH: Final = 100
 _DOC_FIELDS: Final = (
     "capabilities",
@@ -208,7 +207,7 @@ class AgentStateManager:
 
     def _prepare(self, spec: AgentSpec) -> tuple[str, AgentSpec, bytes]:
         agent_id = validate_agent_id(spec.agent_id or uuid.uuid4().hex)
-        _check_type(spec.agent_type)
+        validate_agent_type(spec.agent_type)
         doc = _encode_doc(
             {
                 "capabilities": spec.capabilities.model_dump(mode="json"),
@@ -600,7 +599,7 @@ class AgentStateManager:
 
     def _index_suffix(self, state: LifecycleState | str | None, agent_type: str | None) -> str:
         if agent_type is not None:
-            _check_type(agent_type)
+            validate_agent_type(agent_type)
         if state is None:
             return "idx:all" if agent_type is None else f"idx:type:{agent_type}"
         value = _state(state).value
@@ -650,13 +649,6 @@ def _transition_result(agent_id: str, target: LifecycleState, reply: Any) -> Tra
         version=int(version),
         event_id=_text(event_id),
     )
-
-
-def _check_type(agent_type: str) -> None:
-    if not isinstance(agent_type, str) or not _AGENT_TYPE.fullmatch(agent_type):
-        raise ValidationError(
-            f"agent type {agent_type!r} is invalid: use 1-64 characters from a-z 0-9 _ . -"
-        )
 
 
 def _state(value: LifecycleState | str) -> LifecycleState:

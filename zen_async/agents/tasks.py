@@ -59,6 +59,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
+from zen_async.agents.models import AGENT_TYPE, validate_agent_type
 from zen_async.agents.ports import PortLease
 from zen_async.codec import Codec
 from zen_async.errors import (
@@ -138,7 +139,6 @@ MAX_PAYLOAD_BYTES: Final = 1_048_576
 
 _TASK_ID: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _AGENT_ID: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-_AGENT_TYPE: Final = re.compile(r"[a-z0-9_.-]{1,64}")
 _ROLE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _MESSAGE_ID: Final = re.compile(r"\d{1,20}-\d{1,20}")
 _MAX_PRIORITY: Final = 1_000_000_000
@@ -418,7 +418,7 @@ class AgentTaskManager:
             raise ValidationError(f"limit={limit!r}: expected an integer from 1 to {_MAX_PAGE}")
         index = "idx:all" if status is None else "idx:" + _status(status).value
         if agent_type is not None:
-            _check_type(agent_type)
+            validate_agent_type(agent_type)
         current, after = _parse_cursor(cursor)
         if current is not None and agent_type is not None and current != agent_type:
             raise ValidationError(f"cursor {cursor!r} belongs to another agent type's listing")
@@ -471,7 +471,7 @@ class AgentTaskManager:
             ValidationError: a bad agent type.
         """
         if agent_type is not None:
-            types = [_check_type(agent_type)]
+            types = [validate_agent_type(agent_type)]
         else:
             types = [_text(t) for t in await self._ks.execute("ZRANGE", self._types_key, 0, -1)]
         statuses = list(TaskStatus)
@@ -501,7 +501,7 @@ class AgentTaskManager:
             CapacityError: no port was free for the agent; the task went back to the queue
                 at its place, as if never claimed.
         """
-        _check_type(agent_type)
+        validate_agent_type(agent_type)
         _check_agent(agent_id)
         if process_id is not None and (
             isinstance(process_id, bool) or not isinstance(process_id, int) or process_id < 0
@@ -962,7 +962,7 @@ class _Prepared:
 
 
 def _prepare(spec: TaskSpec, codec: Codec) -> _Prepared:
-    _check_type(spec.agent_type)
+    validate_agent_type(spec.agent_type)
     if spec.task_id is not None:
         _check_task_id(spec.task_id)
     priority = spec.priority
@@ -1016,14 +1016,6 @@ def _check_agent(agent_id: object) -> str:
     return agent_id
 
 
-def _check_type(agent_type: object) -> str:
-    if not isinstance(agent_type, str) or not _AGENT_TYPE.fullmatch(agent_type):
-        raise ValidationError(
-            f"agent type {agent_type!r} is invalid: use 1-64 characters from a-z 0-9 _ . -"
-        )
-    return agent_type
-
-
 def _status(value: TaskStatus | str) -> TaskStatus:
     try:
         return TaskStatus(value)
@@ -1037,7 +1029,7 @@ def _parse_cursor(cursor: str | None) -> tuple[str | None, int | None]:
     if cursor is None:
         return None, None
     agent_type, sep, after = cursor.rpartition(":") if isinstance(cursor, str) else ("", "", "")
-    if not sep or not _AGENT_TYPE.fullmatch(agent_type) or not after.isdigit():
+    if not sep or not AGENT_TYPE.fullmatch(agent_type) or not after.isdigit():
         raise ValidationError(f"cursor {cursor!r} is not one list_tasks returned")
     return agent_type, int(after)
 
