@@ -544,17 +544,13 @@ class AgentStateManager:
     async def run(self) -> None:
         """Listen for state hints and reap expired agents every ``reap_interval`` seconds,
         until cancelled."""
-        listener = asyncio.create_task(self.listen(), name="zen-agents-listen")
-        try:
+        async with background(agent_hints=self.listen()):
             while True:
                 await asyncio.sleep(self._reap_interval)
                 try:
                     await self.reap()
                 except ZenError as exc:
                     log.warning("agent_reap_failed", error=str(exc))
-        finally:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
 
     # --- queries ----------------------------------------------------------------------------
     async def list_agents(

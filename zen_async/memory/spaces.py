@@ -25,6 +25,7 @@ from typing import Any, Final
 import anyio.to_thread
 import structlog
 
+from zen_async._tasks import background
 from zen_async.errors import ZenError
 from zen_async.memory.index import SpaceIndex
 from zen_async.memory.layout import Decoded, Layout, decode, text
@@ -267,8 +268,7 @@ class SpaceCache:
     async def follow(self) -> None:
         """Poll the feeds on each hint, and at least every ``sync_interval`` seconds,
         until cancelled."""
-        listener = asyncio.create_task(self.listen(), name="zen-memory-hints")
-        try:
+        async with background(memory_hints=self.listen()):
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), self._options.sync_interval)
@@ -277,9 +277,6 @@ class SpaceCache:
                     await self.poll()
                 except ZenError as exc:
                     log.warning("memory_feed_poll_failed", error=str(exc))
-        finally:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
 
 
 def _apply(index: SpaceIndex, changes: list[Change], fetched: dict[str, Decoded | None]) -> None:
