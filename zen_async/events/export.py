@@ -5,7 +5,8 @@ Export envelope, schema ``zen.export/1`` (stream entry fields, all text):
 
 ================  ==========================================================================
 ``schema``        ``zen.export/1``; a reader rejects a major version it does not know
-``event_id``      the id of the event in its source stream
+``event_id``      the id of the event in its source stream; unique within that stream only,
+                  so a reader keys events by ``stream`` and ``event_id`` together
 ``stream``        the source stream (``orders``, ``agents.z3``, ...)
 ``type``          the event type
 ``agent``         the agent id, or empty
