@@ -20,20 +20,22 @@ is released without a value or its holder died (it expires). Nobody waits longer
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import structlog
 
 from zen_async.codec import Codec
+from zen_async.degraded import JournalEntry
 from zen_async.errors import ValidationError, ZenError
 from zen_async.store.keyspace import Keyspace
 from zen_async.store.manager import RedisManager
 
-__all__ = ["MAX_KEY_BYTES", "Cache"]
+__all__ = ["MAX_KEY_BYTES", "Cache", "CacheRead"]
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +43,13 @@ MAX_KEY_BYTES: Final = 1024
 """The longest cache key (or NATS connection / Temporal workflow id) accepted, UTF-8 encoded."""
 
 _MAX_BLOCK: Final = 1.0  # seconds one BLPOP may block before the waiter looks again
+
+
+class CacheRead(NamedTuple):
+    """A cached value and whether it is the last-known one, served while Redis is down."""
+
+    value: Any | None
+    stale: bool
 
 
 class _Flight:
@@ -78,6 +87,7 @@ class Cache:
     ) -> None:
         self._ks: Keyspace = redis.keyspace("cache", tenant=tenant)
         self._codec: Codec = redis.codec
+        self._degraded = redis.degraded
         self._lock_ms = _ttl_ms(lock_ttl, what="lock_ttl")
         self._wait_timeout = _ttl_ms(wait_timeout, what="wait_timeout") / 1000
         # A BLPOP must come back before the socket timeout, or the read would fail.
@@ -86,16 +96,36 @@ class Cache:
 
     # --- plain operations ---------------------------------------------------------------
     async def get(self, key: str) -> Any | None:
-        """The value stored under ``key``, or None when absent or expired.
+        """The value stored under ``key``, or None when absent or expired; while Redis is
+        unreachable, the last value this process saw (see :meth:`read` to know which).
 
         Raises:
             ValidationError: a bad key.
+            DegradedError: Redis is unreachable and this process knows no value for ``key``.
         """
-        raw = await self._ks.get(self._value_key(key))
-        return None if raw is None else self._codec.decode(raw)
+        return (await self.read(key)).value
+
+    async def read(self, key: str) -> CacheRead:
+        """Like :meth:`get`, saying whether the value is stale (served from this process's
+        last-known values while Redis is unreachable).
+
+        Raises:
+            ValidationError: a bad key.
+            DegradedError: Redis is unreachable and this process knows no value for ``key``.
+        """
+        name = self._value_key(key)
+
+        async def fetch() -> CacheRead:
+            raw = await self._ks.get(name)
+            return CacheRead(None if raw is None else self._codec.decode(raw), stale=False)
+
+        return await self._degraded.read(
+            ("cache", self._ks.tenant, key), fetch, lambda known: known._replace(stale=True)
+        )
 
     async def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
-        """Store ``value`` (any JSON value, or bytes) under ``key``.
+        """Store ``value`` (any JSON value, or bytes) under ``key``. While Redis is
+        unreachable the write is journaled and applied on recovery (its TTL counts from then).
 
         Args:
             key: the cache key.
@@ -104,10 +134,25 @@ class Cache:
 
         Raises:
             ValidationError: a bad key, TTL or value; nothing was written.
+            CapacityError: Redis is unreachable and the outage journal is full.
         """
         name = self._value_key(key)
         ttl_ms = None if ttl is None else _ttl_ms(ttl)
-        await self._ks.set(name, self._codec.encode(value), ttl_ms=ttl_ms)
+        raw = self._codec.encode(value)
+        await self._degraded.write(
+            "cache.set",
+            self._ks.tenant,
+            {"key": key, "value": base64.b64encode(raw).decode(), "ttl_ms": ttl_ms},
+            lambda: self._ks.set(name, raw, ttl_ms=ttl_ms),
+            lambda _entry: None,
+        )
+        self._degraded.remember(("cache", self._ks.tenant, key), CacheRead(value, stale=False))
+
+    async def replay_journaled(self, entry: JournalEntry) -> None:
+        """Apply a journaled ``cache.set`` (idempotent: it sets the same value again)."""
+        args = entry.args
+        raw = base64.b64decode(args["value"])
+        await self._ks.set(self._value_key(args["key"]), raw, ttl_ms=args["ttl_ms"])
 
     async def delete(self, key: str) -> bool:
         """Delete ``key``; True if it existed.
@@ -115,7 +160,9 @@ class Cache:
         Raises:
             ValidationError: a bad key.
         """
-        return await self._ks.delete(self._value_key(key)) > 0
+        deleted = await self._ks.delete(self._value_key(key)) > 0
+        self._degraded.forget(("cache", self._ks.tenant, key))
+        return deleted
 
     async def get_or_set(
         self, key: str, factory: Callable[[], Awaitable[Any]], *, ttl: float | None

@@ -133,6 +133,12 @@ class Settings(BaseSettings):
     redis_breaker_failure_threshold: int = Field(5, ge=1)
     redis_breaker_reset_timeout: float = Field(1.0, gt=0)
 
+    # Degraded mode (docs/operations.md): stale reads and the outage journal.
+    redis_degraded_mode: bool = True
+    redis_outage_journal: Path | None = None
+    redis_outage_journal_max_ops: int = Field(100_000, ge=1)
+    redis_last_known_size: int = Field(10_000, ge=0)
+
     # --- data -----------------------------------------------------------------------------
     redis_namespace: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     redis_agent_shards: int = Field(16, ge=1, le=1024)

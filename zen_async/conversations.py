@@ -27,6 +27,7 @@ import structlog
 from pydantic import BaseModel
 
 from zen_async.codec import Codec
+from zen_async.degraded import JournalEntry
 from zen_async.errors import NotFoundError, ValidationError, ZenError
 from zen_async.store.keyspace import Arg, Keyspace
 from zen_async.store.manager import RedisManager
@@ -117,6 +118,7 @@ class ConversationStore:
         for name, value in (("ttl_seconds", ttl_seconds), ("max_turns", max_turns)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValidationError(f"{name}={value!r} is invalid: expected an integer >= 1")
+        self._redis = redis
         self._ks: Keyspace = redis.keyspace("conversations", tenant=tenant)
         self._codec: Codec = redis.codec
         self._ttl_ms = ttl_seconds * 1000
@@ -196,8 +198,12 @@ class ConversationStore:
         """Append a turn to a thread in one atomic step that also stamps the thread's
         ``last_updated_at`` and refreshes the TTL of all its keys.
 
+        While Redis is unreachable the turn is journaled and appended on recovery, exactly
+        once, in order with the other journaled writes.
+
         Returns:
-            The thread's turn count, this turn included.
+            The thread's turn count, this turn included; 0 for a journaled turn (the count
+            is known once it is applied).
 
         Raises:
             ValidationError: a bad argument; nothing was written.
@@ -223,13 +229,30 @@ class ConversationStore:
             "model_name": _check_optional_name("model_name", model_name),
             "model_metadata": _check_metadata(model_metadata),
         }
+        return await self._redis.degraded.write(
+            "conversations.add_turn",
+            self._ks.tenant,
+            {"thread_id": tid, "body": body},
+            lambda: self._append_turn(tid, body, op_id=None),
+            lambda _entry: 0,
+        )
+
+    async def _append_turn(self, tid: str, body: dict[str, Any], *, op_id: str | None) -> int:
+        keys = [self._meta_key(tid), self._turns_key(tid)]
+        if op_id is not None:
+            keys.append(self._ks.key("thread", f"{{{tid}}}", "op", op_id))
         count, updated_ms = await self._ks.run_script(
             "conversation_add_turn",
-            [self._meta_key(tid), self._turns_key(tid)],
+            keys,
             [tid, self._max_turns, self._ttl_ms, self._codec.encode(body)],
+            idempotent=op_id is not None,
         )
         await self._index_update(tid, int(updated_ms))
         return int(count)
+
+    async def replay_journaled(self, entry: JournalEntry) -> None:
+        """Append a journaled turn, exactly once (its op id is the script's dedupe key)."""
+        await self._append_turn(entry.args["thread_id"], entry.args["body"], op_id=entry.op_id)
 
     async def delete_thread(self, thread_id: str) -> bool:
         """Delete a thread and its turns; True if it existed.

@@ -16,7 +16,8 @@ from zen_async.agents.tasks import AgentTaskManager
 from zen_async.cache import Cache
 from zen_async.config import Settings
 from zen_async.conversations import ConversationStore
-from zen_async.errors import ValidationError
+from zen_async.degraded import JournalEntry, Replayable
+from zen_async.errors import ValidationError, ZenError
 from zen_async.events import EventLog
 from zen_async.events.export import EventExporter
 from zen_async.memory import AgentMemoryManager, Embedder, embedder_from_settings
@@ -32,6 +33,7 @@ from zen_async.store.manager import RedisManager, open_redis_manager
 __all__ = ["Zen", "open_zen"]
 
 _TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_JOURNALED_SERVICES = frozenset({"agents", "cache", "conversations", "events", "memory"})
 _FAILURE_COUNTERS = {
     PORT_ALLOCATION_FAILURE: PORT_ALLOCATION_FAILURES,
     CONSOLIDATION_FAILURE: MEMORY_CONSOLIDATION_FAILURES,
@@ -92,6 +94,7 @@ class Zen:
         )
         self.conversations = ConversationStore(redis, tenant=self.tenant)
         self.cache = Cache(redis, tenant=self.tenant)
+        self._views: dict[str, Zen] = {}  # tenant views made to replay journaled writes
 
     async def _port_event(self, event_type: str, agent_id: str, data: dict[str, Any]) -> None:
         """Port leases go to the agent's audit trail (and allocations to the metrics)."""
@@ -103,6 +106,33 @@ class Zen:
         counter = _FAILURE_COUNTERS.get(name)
         if counter is not None:
             self.metrics.count(counter)
+
+    def _replayer(self, tenant: str, service: str) -> Replayable:
+        """The service that replays a journaled write of ``tenant``."""
+        if service not in _JOURNALED_SERVICES:
+            raise ValidationError(f"the outage journal holds an unknown kind of write: {service}")
+        view = self if tenant == self.tenant else self._views.get(tenant)
+        if view is None:
+            view = self._views[tenant] = self.for_tenant(tenant)
+        replayer: Replayable = getattr(view, service)
+        return replayer
+
+    async def _record_resolution(self, entry: JournalEntry, exc: ZenError) -> None:
+        """A journaled write the server refused on replay becomes an event: in the agent's
+        audit trail when it concerns one, else in the tenant's ``outage_journal`` stream."""
+        events = self._replayer(entry.tenant, "events")
+        assert isinstance(events, EventLog)
+        data = {"kind": entry.kind, "op_id": entry.op_id, "error": str(exc), "args": entry.args}
+        key = f"resolution/{entry.op_id}"
+        agent_id = entry.args.get("agent_id")
+        if isinstance(agent_id, str):
+            await events.publish_agent_event(
+                agent_id, "journal_write_refused", data, idempotency_key=key
+            )
+        else:
+            await events.publish(
+                "outage_journal", "journal_write_refused", data, idempotency_key=key
+            )
 
     def for_tenant(self, tenant: str) -> Zen:
         """A view of the same deployment bound to another tenant: it shares the pools and
@@ -140,12 +170,15 @@ async def open_zen(settings: Settings | None = None) -> AsyncIterator[Zen]:
         )
         redis.health.active_agents_source = zen.agents.count_active
         redis.health.add_listener(zen._on_health_event)
+        redis.degraded.resolver = zen._replayer
+        redis.degraded.on_resolution = zen._record_resolution
         tasks = {
             "event_trim": zen.events.run(),
             "agents": zen.agents.run(),
             "tasks": zen.tasks.run(),
             "memory": zen.memory.run(),
             "metrics": zen.metrics.run(),
+            "journal_replay": redis.degraded.run(),
         }
         if zen.settings.redis_event_export:
             tasks["event_export"] = EventExporter(zen.events).run()

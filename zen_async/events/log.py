@@ -6,14 +6,16 @@ entry a consumer group still needs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
+from zen_async.degraded import JournalEntry
 from zen_async.errors import ValidationError, ZenError
 from zen_async.events.envelope import (
     AGENT_STREAMS,
@@ -189,20 +191,53 @@ class EventLog:
         """Append an event to a named stream; returns its id.
 
         With an ``idempotency_key`` a retried publish is never appended twice: the id of the
-        first append is returned.
+        first append is returned. While Redis is unreachable the publish is journaled and
+        appended on recovery, exactly once; the id returned is then ``journal:<op id>``.
 
         Raises:
             ValidationError: a bad name, type, agent id, key, or data that is not JSON.
+            CapacityError: Redis is unreachable and the outage journal is full.
         """
         ref = self.stream(stream)
-        keys, args = self._publish_call(
-            ref, NewEvent(event_type, data, agent_id, idempotency_key), audit=False, hint=False
+        event = NewEvent(event_type, data, agent_id, idempotency_key)
+        self._publish_call(ref, event, audit=False, hint=False)  # validates before journaling
+        return await self._journaled(
+            "events.publish", stream, event, lambda: self._append(ref, event)
         )
+
+    async def _append(self, ref: StreamRef, event: NewEvent) -> str:
+        keys, args = self._publish_call(ref, event, audit=False, hint=False)
         entry_id = await ref.ks.run_script(
-            "event_publish", keys, args, idempotent=idempotency_key is not None
+            "event_publish", keys, args, idempotent=event.idempotency_key is not None
         )
         await self._note_stream(ref)
         return _text(entry_id)
+
+    async def _journaled(
+        self, kind: str, stream: str, event: NewEvent, apply: Callable[[], Awaitable[str]]
+    ) -> str:
+        args = {
+            "stream": stream,
+            "type": event.type,
+            "data": event.data,
+            "agent_id": event.agent_id,
+            "idempotency_key": event.idempotency_key,
+        }
+        return await self.redis.degraded.write(
+            kind, self.tenant, args, apply, lambda entry: f"journal:{entry.op_id}"
+        )
+
+    async def replay_journaled(self, entry: JournalEntry) -> None:
+        """Append a journaled event, exactly once: its idempotency key is the caller's, or
+        one made of the op id."""
+        a = entry.args
+        event = NewEvent(a["type"], a["data"], a["agent_id"], a["idempotency_key"])
+        if event.idempotency_key is None:
+            event = dataclasses.replace(event, idempotency_key=f"journal/{entry.op_id}")
+        if entry.kind == "events.publish_agent_event":
+            await self._append_agent_event(a["agent_id"], event)
+        else:
+            await self._append(self.stream(a["stream"]), event)
 
     async def publish_many(self, stream: str, events: Sequence[NewEvent]) -> list[str]:
         """Append many events to a named stream, pipelined in batches; each is at most once
@@ -244,17 +279,28 @@ class EventLog:
         idempotency_key: str | None = None,
     ) -> str:
         """Append an event to the agent's shard stream and to its audit trail, and send a
-        hint on :attr:`agent_channel`, in one atomic step. Returns the event id.
+        hint on :attr:`agent_channel`, in one atomic step. Returns the event id (while Redis
+        is unreachable: journaled as :meth:`publish` is, and ``journal:<op id>``).
 
         Raises:
             ValidationError: a bad agent id, type, key, or data that is not JSON.
+            CapacityError: Redis is unreachable and the outage journal is full.
         """
         ref = self.agent_stream(validate_agent_id(agent_id))
-        keys, args = self._publish_call(
-            ref, NewEvent(event_type, data, agent_id, idempotency_key), audit=True, hint=True
+        event = NewEvent(event_type, data, agent_id, idempotency_key)
+        self._publish_call(ref, event, audit=True, hint=True)  # validates before journaling
+        return await self._journaled(
+            "events.publish_agent_event",
+            ref.name,
+            event,
+            lambda: self._append_agent_event(agent_id, event),
         )
+
+    async def _append_agent_event(self, agent_id: str, event: NewEvent) -> str:
+        ref = self.agent_stream(agent_id)
+        keys, args = self._publish_call(ref, event, audit=True, hint=True)
         entry_id = await ref.ks.run_script(
-            "event_publish", keys, args, idempotent=idempotency_key is not None
+            "event_publish", keys, args, idempotent=event.idempotency_key is not None
         )
         return _text(entry_id)
 

@@ -2,12 +2,18 @@
 
 Only outages count (connection failures and timeouts, see ``_errors.is_outage``); an error
 reply, pool exhaustion or a failover reply is evidence the server is there.
+
+The breaker can also be *held* (:meth:`CircuitBreaker.hold`): while the outage journal
+replays, every call is refused as if the circuit were open, except the replay's own calls
+(made inside :func:`bypassing_hold`), so nothing overtakes a journaled write.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -15,9 +21,26 @@ import structlog
 
 from zen_async.errors import DegradedError
 
-__all__ = ["BreakerState", "BreakerStatistics", "CircuitBreaker"]
+__all__ = ["BreakerState", "BreakerStatistics", "CircuitBreaker", "bypassing_hold", "in_bypass"]
 
 log = structlog.get_logger(__name__)
+
+_BYPASS_HOLD: ContextVar[bool] = ContextVar("zen_bypass_hold", default=False)
+
+
+@contextlib.contextmanager
+def bypassing_hold() -> Iterator[None]:
+    """Calls made inside (in this task and tasks it starts) pass a held breaker."""
+    token = _BYPASS_HOLD.set(True)
+    try:
+        yield
+    finally:
+        _BYPASS_HOLD.reset(token)
+
+
+def in_bypass() -> bool:
+    """True inside :func:`bypassing_hold` (the journal replay)."""
+    return _BYPASS_HOLD.get()
 
 
 class BreakerState(StrEnum):
@@ -41,6 +64,8 @@ class BreakerStatistics:
     """Monotonic time the current outage began (first trip), or None when closed."""
     open_for: float
     """Seconds since the current outage began (0 when closed)."""
+    held: str | None = None
+    """Why the breaker is held shut although the server answers (journal replay), or None."""
 
 
 class CircuitBreaker:
@@ -70,6 +95,7 @@ class CircuitBreaker:
         self._opened_at: float | None = None  # start of the current outage
         self._last_trip: float | None = None  # start of the current wait for a probe
         self._probe_in_flight = False
+        self._held: str | None = None
 
     @property
     def state(self) -> BreakerState:
@@ -88,6 +114,9 @@ class CircuitBreaker:
         Raises:
             DegradedError: the circuit is open, or a probe is already in flight.
         """
+        if self._held is not None and not _BYPASS_HOLD.get():
+            self._rejected += 1
+            raise DegradedError(self._held)
         if self._state is BreakerState.CLOSED:
             return False
         if self.state is BreakerState.HALF_OPEN and not self._probe_in_flight:
@@ -99,6 +128,22 @@ class CircuitBreaker:
             f"circuit breaker open after {self._consecutive} consecutive connection failures "
             f"or timeouts; the next probe is in {self._retry_in():.1f}s"
         )
+
+    def hold(self, reason: str) -> None:
+        """Refuse every call made outside :func:`bypassing_hold` with ``reason``, whatever
+        the state, until :meth:`release`."""
+        self._held = reason
+
+    def release(self) -> None:
+        """End :meth:`hold`."""
+        self._held = None
+
+    @property
+    def retry_in(self) -> float:
+        """Seconds until an open breaker lets its next probe through (0: now)."""
+        if self._state is BreakerState.CLOSED:
+            return 0.0
+        return self._retry_in()
 
     def _retry_in(self) -> float:
         if self._last_trip is None:
@@ -152,4 +197,5 @@ class CircuitBreaker:
             rejected_calls=self._rejected,
             opened_at=self._opened_at,
             open_for=open_for,
+            held=self._held,
         )

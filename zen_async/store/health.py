@@ -18,7 +18,7 @@ import structlog
 
 from zen_async.config import Settings
 from zen_async.errors import BackendError, DegradedError, ZenError
-from zen_async.store.breaker import BreakerState
+from zen_async.store.breaker import BreakerState, bypassing_hold
 from zen_async.store.keyspace import CommandRunner, Keyspace
 from zen_async.store.topology import Backend
 
@@ -173,9 +173,13 @@ class HealthMonitor:
                 log.warning("health_check_failed", error=str(exc))
 
     async def check(self) -> HealthReport:
-        """Run one health check now and keep its report."""
+        """Run one health check now and keep its report.
+
+        It passes a breaker held for the journal replay: a ping reorders no write, and it
+        is how an outage's end is noticed."""
         async with self._lock:
-            report = await self._check()
+            with bypassing_hold():
+                report = await self._check()
             self._report = report
             return report
 

@@ -18,10 +18,11 @@ from redis.asyncio import Redis
 from zen_async._tasks import background
 from zen_async.codec import Codec
 from zen_async.config import Settings
+from zen_async.degraded import DegradedMode, OutageJournal
 from zen_async.errors import ValidationError, ZenError
 from zen_async.store.breaker import CircuitBreaker
 from zen_async.store.embedded import EmbeddedServer, open_embedded_server
-from zen_async.store.health import HealthMonitor
+from zen_async.store.health import HealthMonitor, HealthReport
 from zen_async.store.keyspace import CommandRunner, Keyspace
 from zen_async.store.pubsub import Subscription
 from zen_async.store.scripts import ScriptRegistry
@@ -95,6 +96,7 @@ class RedisManager:
         scripts: ScriptRegistry,
         *,
         embedded: EmbeddedServer | None = None,
+        journal: OutageJournal | None = None,
     ) -> None:
         self.settings = settings
         self.embedded = embedded
@@ -126,6 +128,12 @@ class RedisManager:
             for name in KEYSPACES
         }
         self.health = HealthMonitor(settings, backend, self._keyspaces, self.runner)
+        self.degraded = DegradedMode(
+            self.breaker,
+            journal or OutageJournal(path=None, max_ops=settings.redis_outage_journal_max_ops),
+            enabled=settings.redis_degraded_mode,
+            last_known_size=settings.redis_last_known_size,
+        )
         self._subscriptions = 0
         self._events: AgentEventPublisher | None = None
         self._ports: SeedPorts | None = None
@@ -286,11 +294,16 @@ class RedisManager:
         Uses the background task's latest report, checking now if there is none yet.
         """
         report = self.health.last_report or await self.health.check()
-        return self.health.status(report)
+        return self._status(report)
 
     async def check_health(self) -> dict[str, Any]:
         """Run a health check now and return the status dict."""
-        return self.health.status(await self.health.check())
+        return self._status(await self.health.check())
+
+    def _status(self, report: HealthReport) -> dict[str, Any]:
+        status = self.health.status(report)
+        status["degraded_mode"] = self.degraded.status()
+        return status
 
 
 @contextlib.asynccontextmanager
@@ -316,7 +329,10 @@ async def open_redis_manager(settings: Settings) -> AsyncIterator[RedisManager]:
             settings = settings.model_copy(update={"redis_url": embedded.url})
         backend = build_backend(settings, driver)
         stack.push_async_callback(_shielded_close, backend)
-        manager = RedisManager(settings, backend, scripts, embedded=embedded)
+        journal = await OutageJournal.open(
+            path=settings.redis_outage_journal, max_ops=settings.redis_outage_journal_max_ops
+        )
+        manager = RedisManager(settings, backend, scripts, embedded=embedded, journal=journal)
         try:
             report = await manager.health.check()
         except ZenError as exc:

@@ -7,13 +7,22 @@
 -- ARGV[2]  the most turns the thread may hold
 -- ARGV[3]  TTL in milliseconds, applied to both keys
 -- ARGV[4]  the turn, codec-encoded, without its timestamp
+-- KEYS[3]  optional: a dedupe key (an operation id; same hash tag). A second call with the
+--          same key appends nothing and returns the first call's reply.
 --
 -- Each list element is the 32-byte ISO 8601 UTC timestamp followed by the encoded turn.
 -- Returns {turn_count, updated_ms}. Errors: "NOTFOUND ..." when the thread does not exist
 -- (or expired), "CAPACITY ..." when it already holds ARGV[2] turns; neither writes anything.
--- Not idempotent: a retry would append the turn twice.
+-- Not idempotent without KEYS[3]: a retry would append the turn twice.
 --@include iso8601
 
+if KEYS[3] then
+  local seen = redis.call("GET", KEYS[3])
+  if seen then
+    local first_count, first_ms = string.match(seen, "^(%d+):(%d+)$")
+    return {tonumber(first_count), tonumber(first_ms)}
+  end
+end
 if redis.call("EXISTS", KEYS[1]) == 0 then
   return redis.error_reply("NOTFOUND conversation thread " .. ARGV[1] ..
     " does not exist or has expired; create a new thread with create_thread()")
@@ -32,4 +41,8 @@ count = redis.call("RPUSH", KEYS[2], stamp .. ARGV[4])
 redis.call("HSET", KEYS[1], "last_updated_at", stamp)
 redis.call("PEXPIRE", KEYS[1], ARGV[3])
 redis.call("PEXPIRE", KEYS[2], ARGV[3])
-return {count, sec * 1000 + math.floor(usec / 1000)}
+local ms = sec * 1000 + math.floor(usec / 1000)
+if KEYS[3] then
+  redis.call("SET", KEYS[3], string.format("%d:%d", count, ms), "PX", ARGV[3])
+end
+return {count, ms}
