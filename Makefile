@@ -6,13 +6,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run health test lint typecheck unit bench clean
+.PHONY: help venv run health demo test lint typecheck unit bench clean
 
 help:
 	@echo "make run    - the MCP server over HTTP on the embedded server (sets up .venv first)"
 	@echo "make health - zen-async health against the configured (or embedded) server"
 	@echo "make test   - ruff, mypy --strict and the whole test suite (sets up .venv first)"
-	@echo "make bench  - the benchmarks in benchmarks/"
+	@echo "make demo   - 1000 simulated agents through full lifecycles, with invariant checks"
+	@echo "              (configured or embedded server; DEMO_ARGS='--agents 200' to change)"
+	@echo "make bench  - every module in benchmarks/: results, summary, plots, README table"
+	@echo "              (BENCH_ARGS='--quick' for a smoke run, '--only core,agents')"
 
 # (Re)create the virtualenv when it is missing or pyproject.toml changed.
 $(STAMP): pyproject.toml
@@ -30,6 +33,10 @@ run: $(STAMP)
 health: $(STAMP)
 	$(BIN)/zen-async health
 
+# The 1000-agent demo, in a tenant of its own on the configured (or embedded) server.
+demo: $(STAMP)
+	$(BIN)/zen-async demo $(DEMO_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check zen_async tests benchmarks
 	$(BIN)/ruff format --check zen_async tests benchmarks
@@ -43,7 +50,7 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.core
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

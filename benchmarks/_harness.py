@@ -210,10 +210,20 @@ def table(title: str, comparisons: list[Comparison]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(name: str, comparisons: list[Comparison], extra: dict[str, Any]) -> Path:
-    """Write the comparisons to benchmarks/results/<name>.json."""
-    out = Path(__file__).parent / "results" / f"{name}.json"
-    out.parent.mkdir(exist_ok=True)
+RESULTS: Path = Path(__file__).parent / "results"
+"""Where results go by default (committed; the README's table is generated from them)."""
+
+
+def save(
+    name: str,
+    comparisons: list[Comparison],
+    extra: dict[str, Any],
+    *,
+    out_dir: Path | None = None,
+) -> Path:
+    """Write the comparisons to ``<out_dir>/<name>.json`` (default benchmarks/results)."""
+    out = (RESULTS if out_dir is None else out_dir) / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         **extra,
         "python": sys.version.split()[0],
@@ -549,10 +559,10 @@ class Outcome:
         }
 
 
-def save_markdown(name: str, text: str) -> Path:
-    """Write a report to benchmarks/results/<name>.md."""
-    out = Path(__file__).parent / "results" / f"{name}.md"
-    out.parent.mkdir(exist_ok=True)
+def save_markdown(name: str, text: str, *, out_dir: Path | None = None) -> Path:
+    """Write a report to ``<out_dir>/<name>.md`` (default benchmarks/results)."""
+    out = (RESULTS if out_dir is None else out_dir) / f"{name}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     return out
 

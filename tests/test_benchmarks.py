@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from benchmarks import agents, core, events
-from benchmarks._harness import table
+import importlib.util
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+from matplotlib.image import imread
+
+from benchmarks import agents, core, events, run
+from benchmarks._harness import RESULTS, table
 from zen_async.testing.deployments import Target
 
 
@@ -62,3 +70,77 @@ async def test_events_benchmark_quick_mode_measures_every_scenario(standalone: T
     assert [label for label, _, _ in outcome.load] == list(events.names(events.QUICK).values())
     report = outcome.markdown()
     assert report.count("\n| ") == sum(1 + len(cs) for _, cs in outcome.sections)
+
+
+CORE_SCENARIOS = [
+    "core SET",
+    "core GET",
+    "core GET x200 concurrent",
+    "core set_many (500/batch)",
+]
+
+
+def test_runner_quick_mode_writes_results_summary_plots_and_readme(
+    standalone: Target, tmp_path: Path
+) -> None:
+    original = run.README.read_text(encoding="utf-8")
+    readme = tmp_path / "README.md"
+    readme.write_text(original, encoding="utf-8")
+    committed = (RESULTS / "core.json").read_bytes()
+    out = tmp_path / "results"
+    argv = ["--quick", "--only", "core", "--out", str(out), "--url", standalone.url]
+    assert run.main([*argv, "--readme", str(readme)]) == 0
+
+    data = orjson.loads((out / "core.json").read_bytes())
+    assert [r["scenario"]["name"] for r in data["results"]] == CORE_SCENARIOS
+    assert all(r["ratio"] > 0 for r in data["results"])
+    assert data["quick"] is True
+    loop = "uvloop " if importlib.util.find_spec("uvloop") else "asyncio"
+    assert data["loop"].startswith(loop)  # the loop that actually ran is reported
+    assert data["server"].startswith("redis 7.")
+    assert data["machine"]["cores"] == os.cpu_count()
+    assert data["machine"]["cpu"]
+    assert data["date"]
+
+    report = (out / "core.md").read_text(encoding="utf-8")
+    assert data["loop"] in report
+    assert "| core SET |" in report
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert summary.count("\n| core | core ") == len(CORE_SCENARIOS)
+    assert f"| core | {data['date']} | quick | {data['loop']} | {data['server']} |" in summary
+    assert f"{data['machine']['cores']} cores" in summary
+
+    png = out / "core.png"
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    height, width, _ = imread(png).shape
+    assert height > 100
+    assert width > 100
+
+    updated = readme.read_text(encoding="utf-8")
+    head, rest = original.split(run.START)
+    tail = rest.split(run.END)[1]
+    assert updated.startswith(head + run.START)  # only the text between the markers changed
+    assert updated.endswith(run.END + tail)
+    block = updated.split(run.START)[1].split(run.END)[0]
+    assert block.count("\n| core | core ") == len(CORE_SCENARIOS)
+    assert "QUICK smoke figures" in block
+    # The committed results and the real README were left alone.
+    assert (RESULTS / "core.json").read_bytes() == committed
+    assert run.README.read_text(encoding="utf-8") == original
+
+    # --report-only rebuilds from the JSON without running anything; --no-readme skips it.
+    (out / "summary.md").unlink()
+    assert run.main(["--report-only", "--out", str(out), "--no-readme"]) == 0
+    assert (out / "summary.md").read_text(encoding="utf-8") == summary
+
+
+def test_runner_refuses_a_readme_without_markers_and_unknown_modules(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="bench:start"):
+        run.replace_block("# title\n\nno markers here\n", "table")
+    assert run.replace_block(f"a\n{run.START}\nold\n{run.END}\nb\n", "new") == (
+        f"a\n{run.START}\nnew\n{run.END}\nb\n"
+    )
+    assert run.main(["--report-only", "--out", str(tmp_path), "--no-readme"]) == 2
+    with pytest.raises(SystemExit) as exited:
+        run.main(["--only", "core,nope"])
+    assert exited.value.code == 2

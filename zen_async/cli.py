@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import os
 import signal
 import sys
@@ -43,6 +44,34 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("agent_id")
     replay.add_argument("--limit", type=int, default=1000)
     replay.add_argument("--json", action="store_true", help="one JSON object per line")
+    demo = sub.add_parser(
+        "demo",
+        help="simulate a fleet of agents through full lifecycles and check every invariant",
+        description=(
+            "Simulates N agents through full lifecycles (create, ready/running cycles with "
+            "tasks, port leases, heartbeats, memory writes and searches, events, terminate) "
+            "on the configured Redis deployment, or the embedded server when "
+            "REDIS_EMBEDDED allows it. Shows progress on stderr and ends with a table of "
+            "ops/s, p50 and p99 latency per operation and PASS/FAIL invariant checks; exits "
+            "1 when an invariant fails. It runs in a tenant of its own (demo-<UTC time>-<id>, "
+            "or --tenant), never in REDIS_NAMESPACE's data, and deletes its agents, tasks "
+            "and memories at the end unless --keep (the demo tenant's event streams and "
+            "audit trails stay)."
+        ),
+    )
+    demo.add_argument("--agents", type=int, default=1000, help="agents to simulate (1000)")
+    demo.add_argument("--concurrency", type=int, default=100, help="agents in flight (100)")
+    demo.add_argument("--cycles", type=int, default=2, help="work cycles per agent (2)")
+    demo.add_argument("--tenant", help="the tenant to run in (default: demo-<UTC time>-<id>)")
+    demo.add_argument(
+        "--keep", action="store_true", help="keep the demo's agents, tasks and memories"
+    )
+    bench = sub.add_parser(
+        "bench",
+        help="run benchmarks/ (from a checkout); arguments go to python -m benchmarks.run",
+        add_help=False,
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     cluster = sub.add_parser(
         "cluster", help="start or stop a local Cluster or Sentinel group (no Docker needed)"
     )
@@ -150,6 +179,19 @@ def _connect_help(host: str, port: int, token: str | None) -> str:
     )
 
 
+async def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from zen_async.demo import DemoOptions, write_demo  # noqa: PLC0415 - only this command
+
+    options = DemoOptions(
+        agents=args.agents,
+        concurrency=args.concurrency,
+        cycles=args.cycles,
+        tenant=args.tenant,
+        keep=args.keep,
+    )
+    return await write_demo(settings, options, out=sys.stdout, progress=sys.stderr)
+
+
 async def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from zen_async.mcp_server import serve_http, serve_stdio  # noqa: PLC0415 - optional surface
 
@@ -215,8 +257,30 @@ def render_health(status: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _bench(argv: list[str]) -> int:
+    """``benchmarks.run.main(argv)``. The benchmarks are not installed with the package: they
+    are found in the current directory or beside this (editable) install's source."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (root / "benchmarks" / "run.py").is_file():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            break
+    else:
+        sys.stderr.write(
+            "zen-async bench: benchmarks/ not found; run it from a checkout of zen_async "
+            "(the benchmarks are not installed with the package)\n"
+        )
+        return 2
+    runner = importlib.import_module("benchmarks.run")
+    code: int = runner.main(argv)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``zen-async`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # every other argument is the bench runner's own
+        return _bench(argv[1:])
     args = _parser().parse_args(argv)
     try:
         settings = Settings()
@@ -231,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_serve(settings, args))
         if args.command == "replay":
             return asyncio.run(_replay(settings, args))
+        if args.command == "demo":
+            return asyncio.run(_demo(settings, args))
         if args.command == "cluster":
             return _cluster(args)
     except ZenError as exc:
