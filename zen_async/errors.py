@@ -9,9 +9,11 @@ Every error the library raises descends from one root::
      ├── ConflictError            a version or uniqueness check failed
      ├── InvalidTransitionError   an agent lifecycle step not in the table
      ├── CapacityError            a bounded resource is exhausted (ports, pools, journal)
-     ├── AuthError                wrong credentials or missing ACL permission
+     ├── AuthError                wrong credentials, a missing ACL permission, or a TLS
+     │                            certificate the other side does not trust
      └── BackendError             the server could not serve the command
-          └── DegradedError       refused on purpose: the circuit is open
+          ├── DegradedError       refused on purpose: the circuit is open
+          └── DurabilityError     applied, but too few replicas confirmed it in time
 
 redis-py exceptions never escape the core (``zen_async.store``): they are mapped once, at
 that boundary, with ``raise ... from exc`` so the original stays on ``__cause__``.
@@ -29,6 +31,7 @@ __all__ = [
     "ConfigProblem",
     "ConflictError",
     "DegradedError",
+    "DurabilityError",
     "InvalidTransitionError",
     "NotFoundError",
     "ValidationError",
@@ -99,7 +102,9 @@ class CapacityError(ZenError):
 
 
 class AuthError(ZenError):
-    """Authentication or authorisation failed. Names the user, never the password."""
+    """Authentication or authorisation failed: wrong credentials (data nodes or sentinels),
+    a command or key the ACL user may not use, or a TLS certificate that was not trusted.
+    Names the user (or the server and CA file), never the password."""
 
 
 class BackendError(ZenError):
@@ -122,3 +127,29 @@ class DegradedError(BackendError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retryable=True)
+
+
+class DurabilityError(BackendError):
+    """A write was applied on the master but fewer replicas than REDIS_DURABILITY_REPLICAS
+    confirmed it within REDIS_DURABILITY_TIMEOUT_MS (``REDIS_DURABILITY=replicated``).
+
+    The write is not rolled back: it stays on the master and usually reaches the replicas
+    later, but a failover before then can lose it. Re-read before retrying a write that is
+    not idempotent.
+
+    Attributes:
+        acknowledged: how many replicas confirmed the write.
+        required: how many were required.
+        timeout_ms: how long the server waited for them.
+    """
+
+    def __init__(self, *, acknowledged: int, required: int, timeout_ms: int, what: str) -> None:
+        super().__init__(
+            f"{what} was applied on the master but only {acknowledged} of {required} required "
+            f"replica(s) acknowledged it within {timeout_ms} ms (REDIS_DURABILITY=replicated); "
+            "it may still reach the replicas, or be lost if the master fails over first",
+            retryable=False,
+        )
+        self.acknowledged = acknowledged
+        self.required = required
+        self.timeout_ms = timeout_ms

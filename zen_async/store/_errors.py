@@ -44,6 +44,40 @@ _TRANSIENT_PREFIXES = (
 
 _POOL_EXHAUSTED = "No connection available."
 
+# OpenSSL's words for a TLS handshake that one side refused: we did not trust the server's
+# certificate, or the server did not get or trust ours (TLS 1.2 says "handshake failure",
+# TLS 1.3 "certificate required"). redis-py folds the ssl.SSLError into a ConnectionError's
+# text. A TLS 1.3 server may also just reset the connection after the handshake, which cannot
+# be told from a network failure.
+_TLS_TRUST_MARKERS = (
+    "CERTIFICATE_VERIFY_FAILED",
+    "certificate verify failed",
+    "CERTIFICATE_REQUIRED",
+    "certificate required",
+    "UNKNOWN_CA",
+    "unknown ca",
+    "BAD_CERTIFICATE",
+    "bad certificate",
+    "HANDSHAKE_FAILURE",
+)
+
+
+class SentinelAuthFailure(rx.AuthenticationError):
+    """The sentinels refused the sentinel credentials (REDIS_SENTINEL_USER/PASSWORD).
+
+    Raised by the core's Sentinel manager: redis-py would fold it into a "no master found"
+    connection error, and the mapped error must name the sentinel user, not the data user.
+    """
+
+    def __init__(self, message: str, *, user: str | None) -> None:
+        super().__init__(message)
+        self.user = user
+
+
+def _tls_untrusted(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, rx.ConnectionError) and any(m in text for m in _TLS_TRUST_MARKERS)
+
 
 def raise_if_cancelling() -> None:
     """Re-raise a cancellation that redis-py's read timeout swallowed.
@@ -59,8 +93,11 @@ def raise_if_cancelling() -> None:
 
 def is_outage(exc: BaseException) -> bool:
     """True when ``exc`` says the server is unreachable or not answering: what the circuit
-    breaker counts. Pool exhaustion, loading, READONLY and failover replies are not outages."""
-    if isinstance(exc, rx.MaxConnectionsError | rx.BusyLoadingError):
+    breaker counts. Pool exhaustion, loading, READONLY and failover replies are not outages,
+    and neither are refused credentials or certificates: the server is there, saying no."""
+    if isinstance(exc, rx.MaxConnectionsError | rx.BusyLoadingError | rx.AuthenticationError):
+        return False
+    if _tls_untrusted(exc):
         return False
     if isinstance(exc, rx.ConnectionError) and str(exc) == _POOL_EXHAUSTED:
         return False
@@ -74,6 +111,21 @@ RedisFailure = (rx.RedisError, rx.RedisClusterException)
 def map_error(exc: Exception, *, user: str | None = None) -> ZenError:
     """Translate a redis-py exception into the ZenError tree (the caller raises it ``from``)."""
     who = f"user {user!r}" if user else "the default user"
+    cause = exc.__cause__
+    # The cluster client reports a refused login on every startup node as "cannot be
+    # connected", with the refusal as its cause: report the refusal.
+    if (
+        isinstance(exc, rx.RedisClusterException)
+        and isinstance(cause, Exception)
+        and (
+            isinstance(cause, rx.AuthenticationError | rx.NoPermissionError)
+            or _tls_untrusted(cause)
+        )
+    ):
+        return map_error(cause, user=user)
+    if isinstance(exc, SentinelAuthFailure):
+        sentinel_who = f"sentinel user {exc.user!r}" if exc.user else "the sentinels' default user"
+        return AuthError(f"sentinel authentication failed for {sentinel_who}: {_first_line(exc)}")
     if isinstance(exc, rx.AuthenticationError | rx.AuthenticationWrongNumberOfArgsError):
         return AuthError(f"authentication failed for {who}: {_first_line(exc)}")
     if isinstance(exc, rx.NoPermissionError):
@@ -84,6 +136,14 @@ def map_error(exc: Exception, *, user: str | None = None) -> ZenError:
         return CapacityError(
             "no connection became free in the pool in time; raise REDIS_MAX_CONNECTIONS or "
             "REDIS_POOL_TIMEOUT, or lower the concurrency"
+        )
+    if _tls_untrusted(exc):
+        return AuthError(
+            "TLS handshake refused: a certificate was not trusted or not given (is "
+            "REDIS_TLS_CA_FILE the CA that signed the server's certificate, does the name match "
+            "or is REDIS_TLS_CHECK_HOSTNAME off, and does the server require and accept "
+            "REDIS_TLS_CERT_FILE?): "
+            f"{_first_line(exc)}"
         )
     if isinstance(exc, rx.ConnectionError | rx.TimeoutError):
         return BackendError(f"server unreachable: {_first_line(exc)}", retryable=True)

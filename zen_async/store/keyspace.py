@@ -3,6 +3,13 @@
 A :class:`Keyspace` names keys (``zen:t:<tenant>:`` then, in the prefixed layout, the keyspace
 name) and runs commands, pipelined batches and Lua scripts through one :class:`CommandRunner`,
 which owns the circuit breaker, the retry policy and the mapping of redis-py errors.
+
+With ``REDIS_DURABILITY=replicated`` every write (a command that is not a read, a script
+that calls a write command, a batch holding one) is sent in one pipeline with
+``WAIT <replicas> <timeout>`` behind it, on the same connection: the master answers WAIT once
+enough replicas hold everything that connection wrote. On Cluster the write and its WAIT are
+pinned to the node that owns the key's slot. Too few acknowledgements raise
+:class:`~zen_async.errors.DurabilityError`; reads never wait.
 """
 
 from __future__ import annotations
@@ -10,20 +17,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import re
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from redis import exceptions as rx
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.crc import key_slot
 
-from zen_async.errors import BackendError, ZenError
+from zen_async.errors import BackendError, DurabilityError, ZenError
 from zen_async.store._errors import RedisFailure, is_outage, map_error, raise_if_cancelling
 from zen_async.store.breaker import CircuitBreaker
 from zen_async.store.scripts import ScriptRegistry
 
-__all__ = ["Arg", "CommandRunner", "Keyspace"]
+__all__ = ["Arg", "CommandRunner", "Durability", "Keyspace"]
 
 Arg = str | bytes | int | float
 """One argument of a Redis command."""
@@ -89,8 +99,40 @@ _IDEMPOTENT: Final = frozenset(
         "PUBSUB",
     }
 )
+# Commands after which a replicated deployment does not WAIT. Reads change nothing; a PUBLISH
+# is a hint, not data; and what XREADGROUP (a pending entry) or BLPOP on a cache wake list
+# (a wake token) change is a delivery marker: losing one in a failover means a redelivery or
+# a waiter looking again, never a lost acknowledged write. They also block for up to most of
+# the socket timeout, which a WAIT behind them could push past it.
+_NO_WAIT: Final = _IDEMPOTENT | {
+    "PUBLISH",
+    "SPUBLISH",
+    "XREAD",
+    "XREADGROUP",
+    "BLPOP",
+    "SCAN",
+    "WAIT",
+    "WAITAOF",
+}
+_SCRIPT_CALL = re.compile(r"""redis\.p?call\(\s*(?:(["'])([A-Za-z]+)\1)?""")
+_MAX_REDIRECTS: Final = 5  # MOVED/ASK rounds for a pinned write before giving up
+_SCRIPT_MIN_KEYS: Final = 8
+"""Fewest keys of one hash slot that set_many writes with one Lua call rather than SETs."""
 _RETRY_BASE: Final = 0.05
 _RETRY_CAP: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Durability:
+    """What ``REDIS_DURABILITY=replicated`` asks of every write.
+
+    Attributes:
+        replicas: how many replicas must confirm a write (WAIT's numreplicas).
+        timeout_ms: how long the master waits for them (WAIT's timeout; never 0).
+    """
+
+    replicas: int
+    timeout_ms: int
 
 
 class CommandRunner:
@@ -101,9 +143,10 @@ class CommandRunner:
         retry_attempts: extra attempts for idempotent calls that failed retryably.
         user: the ACL user, named in authentication errors.
         bound: a semaphore limiting concurrent calls (Cluster), or None.
+        durability: what every write waits for (``REDIS_DURABILITY=replicated``), or None.
     """
 
-    __slots__ = ("_bound", "_retries", "_user", "breaker")
+    __slots__ = ("_bound", "_retries", "_user", "breaker", "durability")
 
     def __init__(
         self,
@@ -112,11 +155,17 @@ class CommandRunner:
         retry_attempts: int,
         user: str | None,
         bound: asyncio.Semaphore | None,
+        durability: Durability | None = None,
     ) -> None:
         self.breaker = breaker
         self._retries = retry_attempts
         self._user = user
         self._bound = bound
+        self.durability = durability
+
+    def map(self, exc: Exception) -> ZenError:
+        """The ZenError for a redis-py exception found in a reply list."""
+        return map_error(exc, user=self._user)
 
     async def call(
         self,
@@ -256,6 +305,12 @@ class Keyspace:
         """The cluster hash slot of a full key name."""
         return key_slot(key.encode())
 
+    @property
+    def batch_size(self) -> int:
+        """REDIS_PIPELINE_BATCH_SIZE: commands per pipelined chunk, and keys (or records) per
+        bulk Lua call."""
+        return self._settings[1]
+
     # --- single commands ----------------------------------------------------------------
     async def execute(self, *args: Arg, idempotent: bool | None = None) -> Any:
         """Run one command. Keys in ``args`` must be full names (see :meth:`key`).
@@ -270,8 +325,12 @@ class Keyspace:
             BackendError: the server could not serve it.
             AuthError, ValidationError, ...: the mapped error reply.
         """
+        name = str(args[0]).upper()
         if idempotent is None:
-            idempotent = str(args[0]).upper() in _IDEMPOTENT
+            idempotent = name in _IDEMPOTENT
+        durability = self._runner.durability
+        if durability is not None and name not in _NO_WAIT:
+            return await self._durable_call(args, None, idempotent=idempotent, what=name)
         client = self._client
         options = _reply_options(args)
         return await self._runner.call(
@@ -318,12 +377,34 @@ class Keyspace:
         return [found[k] for k in keys]
 
     async def set_many(self, items: Mapping[str, Arg], *, ttl_ms: int | None = None) -> None:
-        """SET many keys, pipelined in batches (slot-aware on Cluster)."""
-        if ttl_ms is None:
-            commands: list[tuple[Arg, ...]] = [("SET", k, v) for k, v in items.items()]
-        else:
-            commands = [("SET", k, v, "PX", ttl_ms) for k, v in items.items()]
-        await self.batch(commands, idempotent=True)
+        """SET many keys (with PX ``ttl_ms`` when given), in few round trips.
+
+        Keys are grouped by hash slot (one group on standalone and Sentinel) and each group
+        is written in chunks of REDIS_PIPELINE_BATCH_SIZE keys: one MSET per chunk without a
+        TTL, one ``kv_set_many`` Lua call per chunk with one. A slot holding fewer than
+        ``_SCRIPT_MIN_KEYS`` of the keys (typical on Cluster, where keys spread over 16384
+        slots) gets plain pipelined SETs instead, since a script call per key would cost
+        more. Not atomic across chunks; every command is idempotent and may be resent.
+        """
+        if not items:
+            return
+        batch_size = self.batch_size
+        scripted: list[tuple[Sequence[str], Sequence[Arg]]] = []
+        commands: list[tuple[Arg, ...]] = []
+        for group in self._by_slot(items).values():
+            if ttl_ms is not None and len(group) < _SCRIPT_MIN_KEYS:
+                commands += [("SET", k, items[k], "PX", ttl_ms) for k in group]
+                continue
+            for i in range(0, len(group), batch_size):
+                chunk = group[i : i + batch_size]
+                if ttl_ms is None:
+                    commands.append(("MSET", *(a for k in chunk for a in (k, items[k]))))
+                else:
+                    scripted.append((chunk, [ttl_ms, *(items[k] for k in chunk)]))
+        if scripted:
+            await self.run_script_many("kv_set_many", scripted, idempotent=True)
+        if commands:
+            await self.batch(commands, idempotent=True)
 
     # --- batches ------------------------------------------------------------------------
     async def batch(
@@ -368,6 +449,10 @@ class Keyspace:
 
     async def _pipeline(self, chunk: Sequence[Sequence[Arg]], *, idempotent: bool) -> list[Any]:
         client = self._client
+        if self._runner.durability is not None:
+            writes = [str(c[0]).upper() not in _NO_WAIT for c in chunk]
+            if any(writes):
+                return await self._durable_pipeline(chunk, writes, idempotent=idempotent)
         replies = await self._runner.call(
             lambda: self._send_pipeline(client, chunk), idempotent=idempotent
         )
@@ -408,9 +493,18 @@ class Keyspace:
         script = self._scripts[name]
         client = self._client
         n = len(keys)
+        if idempotent is None:
+            idempotent = script.idempotent
+        if self._runner.durability is not None and _script_writes(script.source):
+            return await self._durable_call(
+                ("EVALSHA", script.sha, n, *keys, *args),
+                ("EVAL", script.source, n, *keys, *args),
+                idempotent=idempotent,
+                what=f"script {name}",
+            )
         return await self._runner.call(
             lambda: client.execute_command("EVALSHA", script.sha, n, *keys, *args),
-            idempotent=script.idempotent if idempotent is None else idempotent,
+            idempotent=idempotent,
             on_noscript=lambda: client.execute_command("EVAL", script.source, n, *keys, *args),
         )
 
@@ -420,9 +514,17 @@ class Keyspace:
         calls: Sequence[tuple[Sequence[str], Sequence[Arg]]],
         *,
         raise_on_error: bool = True,
+        idempotent: bool = False,
     ) -> list[Any]:
         """Run the Lua operation ``name`` once per ``(keys, args)``, pipelined in batches
         (slot-aware on Cluster). Each call is atomic on its own; the batch is not.
+
+        Args:
+            name: the script's file stem.
+            calls: each call's KEYS (one hash slot on Cluster) and ARGV.
+            raise_on_error: see below.
+            idempotent: whether a chunk may be resent after a lost reply (pass True only
+                for a script declared idempotent).
 
         Returns:
             The replies in order; with ``raise_on_error=False`` a failed call's place holds
@@ -439,32 +541,39 @@ class Keyspace:
                 replies.extend(
                     await asyncio.gather(
                         *(
-                            self._script_call(name, keys, args)
+                            self._script_call(name, keys, args, idempotent or None)
                             for keys, args in calls[start : start + batch_size]
                         )
                     )
                 )
                 continue
-            raw = await self._runner.call(
-                functools.partial(self._send_pipeline, client, chunk), idempotent=False
-            )
+            if self._runner.durability is not None and _script_writes(script.source):
+                raw = await self._durable_pipeline(
+                    chunk, [True] * len(chunk), idempotent=idempotent, keep_noscript=True
+                )
+            else:
+                raw = await self._runner.call(
+                    functools.partial(self._send_pipeline, client, chunk), idempotent=idempotent
+                )
             for i, outcome in enumerate(raw):
                 if isinstance(outcome, rx.NoScriptError):  # this node lacks the script: EVAL
                     keys, args = calls[start + i]
-                    replies.append(await self._script_call(name, keys, args))
+                    replies.append(await self._script_call(name, keys, args, idempotent or None))
                 elif isinstance(outcome, RedisFailure):
                     replies.append(map_error(outcome))
                 else:
-                    replies.append(outcome)
+                    replies.append(outcome)  # a reply, or a ZenError from the durable path
         if raise_on_error:
             for reply in replies:
                 if isinstance(reply, ZenError):
                     raise reply
         return replies
 
-    async def _script_call(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    async def _script_call(
+        self, name: str, keys: Sequence[str], args: Sequence[Arg], idempotent: bool | None
+    ) -> Any:
         try:
-            return await self.run_script(name, keys, args)
+            return await self.run_script(name, keys, args, idempotent=idempotent)
         except ZenError as exc:
             return exc
 
@@ -477,3 +586,239 @@ class Keyspace:
             pipe.execute_command(*command, **_reply_options(command))
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
+
+    # --- durability (REDIS_DURABILITY=replicated) ----------------------------------------
+    async def _durable_call(
+        self,
+        command: Sequence[Arg],
+        fallback: Sequence[Arg] | None,
+        *,
+        idempotent: bool,
+        what: str,
+    ) -> Any:
+        """Run one write and WAIT behind it on the same connection; ``fallback`` (EVAL) is
+        sent instead after a NOSCRIPT reply.
+
+        Raises:
+            DurabilityError: the write was applied but too few replicas confirmed it.
+            ZenError: the mapped error of the write (or of WAIT, e.g. an ACL denial).
+        """
+        durability = self._runner.durability
+        assert durability is not None
+        client = self._client
+
+        async def send(cmd: Sequence[Arg]) -> tuple[Any, int]:
+            replies, acks = await _send_and_wait(client, [cmd], [True], durability)
+            reply, ack = replies[0], acks[0]
+            if isinstance(reply, Exception):
+                raise reply  # the runner maps it (and answers NOSCRIPT with the fallback)
+            if isinstance(ack, Exception):
+                raise ack
+            return reply, ack
+
+        reply, acked = await self._runner.call(
+            lambda: send(command),
+            idempotent=idempotent,
+            on_noscript=None if fallback is None else (lambda: send(fallback)),
+        )
+        if acked < durability.replicas:
+            raise DurabilityError(
+                acknowledged=acked,
+                required=durability.replicas,
+                timeout_ms=durability.timeout_ms,
+                what=what,
+            )
+        return reply
+
+    async def _durable_pipeline(
+        self,
+        chunk: Sequence[Sequence[Arg]],
+        writes: Sequence[bool],
+        *,
+        idempotent: bool,
+        keep_noscript: bool = False,
+    ) -> list[Any]:
+        """A pipelined chunk with a WAIT behind the writes (one per node on Cluster).
+
+        Returns the replies in order; a failed command's place holds its ZenError, and a
+        write whose WAIT fell short holds a DurabilityError (it was applied nonetheless).
+        With ``keep_noscript`` a NOSCRIPT reply stays a redis-py error for the caller.
+        """
+        durability = self._runner.durability
+        assert durability is not None
+        client = self._client
+        replies, acks = await self._runner.call(
+            lambda: _send_and_wait(client, chunk, writes, durability), idempotent=idempotent
+        )
+        out: list[Any] = []
+        for command, reply, ack, write in zip(chunk, replies, acks, writes, strict=True):
+            if isinstance(reply, rx.NoScriptError) and keep_noscript:
+                out.append(reply)
+            elif isinstance(reply, RedisFailure):
+                out.append(self._runner.map(reply))
+            elif not write:
+                out.append(reply)
+            elif isinstance(ack, RedisFailure):
+                out.append(self._runner.map(ack))
+            elif ack < durability.replicas:
+                out.append(
+                    DurabilityError(
+                        acknowledged=ack,
+                        required=durability.replicas,
+                        timeout_ms=durability.timeout_ms,
+                        what=f"{str(command[0]).upper()} in a batch of {len(chunk)}",
+                    )
+                )
+            else:
+                out.append(reply)
+        return out
+
+
+@functools.cache
+def _script_writes(source: str) -> bool:
+    """Whether a Lua script may write: it calls a command that is not a read (or one whose
+    name is not a literal, which counts as a write)."""
+    for match in _SCRIPT_CALL.finditer(source):
+        name = match.group(2)
+        if name is None or name.upper() not in _NO_WAIT:
+            return True
+    return False
+
+
+async def _send_and_wait(
+    client: Redis | RedisCluster,
+    commands: Sequence[Sequence[Arg]],
+    writes: Sequence[bool],
+    durability: Durability,
+) -> tuple[list[Any], list[Any]]:
+    """Send ``commands`` with ``WAIT`` behind the writes, on the connection that ran them.
+
+    Returns:
+        Each command's reply (an exception instance when it failed) and, per command, the
+        number of replicas its WAIT counted (an exception instance when WAIT failed).
+    """
+    wait = ("WAIT", durability.replicas, durability.timeout_ms)
+    if isinstance(client, Redis):
+        pipe = client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command, **_reply_options(command))
+        pipe.execute_command(*wait)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies[:-1], [replies[-1]] * len(commands)
+    return await _cluster_send_and_wait(client, commands, writes, wait)
+
+
+async def _cluster_send_and_wait(
+    cluster: RedisCluster,
+    commands: Sequence[Sequence[Arg]],
+    writes: Sequence[bool],
+    wait: tuple[str, int, int],
+) -> tuple[list[Any], list[Any]]:
+    """The Cluster form of :func:`_send_and_wait`.
+
+    A WAIT counts the replicas of the node it runs on, for the writes of its connection; so
+    every command is pinned (``target_nodes``) to the master of its slot, and each node's
+    commands and its WAIT go out in one request on one connection. A MOVED or ASK reply
+    means the command was not applied: the slot map is patched (or ASKING prefixed) and only
+    those commands are sent again, with a WAIT of their own.
+    """
+    await cluster.initialize()
+    replies: list[Any] = [None] * len(commands)
+    acks: list[Any] = [0] * len(commands)
+    asking: dict[int, ClusterNode] = {}
+    pending = list(range(len(commands)))
+    for _ in range(_MAX_REDIRECTS):
+        pipe = cluster.pipeline(transaction=False)
+        plan = await _queue_pinned(
+            cluster,
+            pipe,
+            commands=commands,
+            writes=writes,
+            pending=pending,
+            asking=asking,
+            wait=wait,
+        )
+        try:
+            results = await pipe.execute(raise_on_error=False, allow_redirections=False)
+        except (rx.ConnectionError, rx.TimeoutError):
+            # redis-py refreshes its slot map after a connection error on its single-command
+            # path only; flag it as that path does so the next call finds the new master.
+            cluster._initialize = True
+            raise
+        asking = {}
+        pending = []
+        for (kind, members), result in zip(plan, results, strict=True):
+            if kind == "wait":
+                for i in members:
+                    acks[i] = result
+            elif kind == "command":
+                replies[members[0]] = result
+                if await _redirect(cluster, members[0], result, asking):
+                    pending.append(members[0])
+        if not pending:
+            break
+    return replies, acks
+
+
+async def _queue_pinned(
+    cluster: RedisCluster,
+    pipe: Any,
+    *,
+    commands: Sequence[Sequence[Arg]],
+    writes: Sequence[bool],
+    pending: Sequence[int],
+    asking: Mapping[int, ClusterNode],
+    wait: tuple[str, int, int],
+) -> list[tuple[str, list[int]]]:
+    """Queue the ``pending`` commands on ``pipe``, each pinned to its slot's master (or to
+    the node an ASK named, behind ASKING) in their order, with a WAIT after each node's
+    writes. A read without a key (nothing to pin by, no WAIT needed) is routed by redis-py.
+
+    Returns what each queued entry is: ``("command", [i])``, ``("asking", [i])`` or
+    ``("wait", [the command indexes it covers])``.
+    """
+    groups: dict[str, tuple[ClusterNode, list[int]]] = {}
+    plan: list[tuple[str, list[int]]] = []
+    for i in pending:
+        try:
+            node = asking[i] if i in asking else await _master_for(cluster, commands[i])
+        except rx.RedisClusterException:
+            if writes[i]:
+                raise
+            pipe.execute_command(*commands[i], **_reply_options(commands[i]))
+            plan.append(("command", [i]))
+            continue
+        groups.setdefault(node.name, (node, []))[1].append(i)
+    for node, members in groups.values():
+        for i in members:
+            if i in asking:
+                pipe.execute_command("ASKING", target_nodes=node)
+                plan.append(("asking", [i]))
+            pipe.execute_command(*commands[i], target_nodes=node, **_reply_options(commands[i]))
+            plan.append(("command", [i]))
+        if any(writes[i] for i in members):
+            pipe.execute_command(*wait, target_nodes=node)
+            plan.append(("wait", members))
+    return plan
+
+
+async def _master_for(cluster: RedisCluster, command: Sequence[Arg]) -> ClusterNode:
+    """The master that owns the slot of ``command``'s keys (as redis-py would route it)."""
+    nodes: list[ClusterNode] = await cluster.get_nodes_from_slot(str(command[0]), *command[1:])
+    return nodes[0]
+
+
+async def _redirect(
+    cluster: RedisCluster, index: int, result: Any, asking: dict[int, ClusterNode]
+) -> bool:
+    """Whether command ``index`` was redirected (so not applied) and must be sent again:
+    MOVED patches the slot map, ASK records the node to ask."""
+    if isinstance(result, rx.MovedError):
+        await cluster.nodes_manager.move_slot(result)
+        return True
+    if isinstance(result, rx.AskError):
+        target = cluster.get_node(host=result.host, port=result.port)
+        if target is not None:
+            asking[index] = target
+            return True
+    return False

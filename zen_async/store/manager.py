@@ -23,7 +23,7 @@ from zen_async.errors import ValidationError, ZenError
 from zen_async.store.breaker import CircuitBreaker
 from zen_async.store.embedded import EmbeddedServer, open_embedded_server
 from zen_async.store.health import HealthMonitor, HealthReport
-from zen_async.store.keyspace import CommandRunner, Keyspace
+from zen_async.store.keyspace import CommandRunner, Durability, Keyspace
 from zen_async.store.pubsub import Subscription
 from zen_async.store.scripts import ScriptRegistry
 from zen_async.store.topology import KEYSPACES, Backend, build_backend, driver_info
@@ -110,6 +110,14 @@ class RedisManager:
             retry_attempts=settings.redis_retry_attempts,
             user=settings.username,
             bound=backend.bound,
+            durability=(
+                Durability(
+                    replicas=settings.redis_durability_replicas,
+                    timeout_ms=settings.redis_durability_timeout_ms,
+                )
+                if settings.redis_durability == "replicated"
+                else None
+            ),
         )
         self._backend = backend
         self._scripts = scripts
@@ -133,6 +141,7 @@ class RedisManager:
             journal or OutageJournal(path=None, max_ops=settings.redis_outage_journal_max_ops),
             enabled=settings.redis_degraded_mode,
             last_known_size=settings.redis_last_known_size,
+            journal_writes=settings.redis_durability != "replicated",
         )
         self._subscriptions = 0
         self._events: AgentEventPublisher | None = None

@@ -10,6 +10,11 @@
 
 redis-py's own retries are switched off: the command runner retries only what is safe to
 retry (``zen_async.store.keyspace``).
+
+Credentials and TLS reach every connection: the data nodes of each topology get REDIS_USER /
+REDIS_PASSWORD (or the URL's) and the TLS files; the sentinels get their own credentials,
+REDIS_SENTINEL_USER / REDIS_SENTINEL_PASSWORD (never the data nodes' password), and TLS when
+REDIS_TLS is on (docs/security.md).
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.driver_info import DriverInfo
+from redis.exceptions import NoPermissionError
 
 from zen_async.config import Address, Settings, Topology
+from zen_async.store._errors import SentinelAuthFailure
 
 __all__ = ["KEYSPACES", "Backend", "build_backend", "driver_info"]
 
@@ -55,6 +62,48 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
     """
 
 
+class AuthAwareSentinel(Sentinel):
+    """A Sentinel manager whose failures say when the sentinels refused our credentials.
+
+    redis-py's ``discover_master`` treats a refused AUTH like an unreachable sentinel and
+    ends in "No master found"; an ACL denial escapes as a bare NOPERM. Both become
+    :class:`SentinelAuthFailure`, naming the sentinel user.
+    """
+
+    def __init__(
+        self, sentinels: list[Address], *, sentinel_user: str | None, **kwargs: Any
+    ) -> None:
+        super().__init__(sentinels, **kwargs)  # type: ignore[no-untyped-call]
+        self.sentinel_user = sentinel_user
+
+    async def discover_master(self, service_name: str) -> Any:
+        """The master's ``(host, port)``.
+
+        Raises:
+            SentinelAuthFailure: the sentinels refused the credentials or the command.
+            MasterNotFoundError: no sentinel named a healthy master.
+        """
+        try:
+            return await super().discover_master(service_name)
+        except NoPermissionError as exc:
+            raise SentinelAuthFailure(_first_line(exc), user=self.sentinel_user) from exc
+        except MasterNotFoundError as exc:
+            # redis-py lists each sentinel's error (by class name) in the message; an
+            # AuthenticationError among them means the credentials, not the network, are at
+            # fault. tests/test_security.py pins this wording.
+            if "AuthenticationError" in str(exc):
+                raise SentinelAuthFailure(
+                    "the sentinels refused the credentials (invalid username-password pair, "
+                    "user disabled, or a password is required)",
+                    user=self.sentinel_user,
+                ) from exc
+            raise
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc) or type(exc).__name__).splitlines()[0]
+
+
 @dataclass(eq=False)
 class Backend:
     """The redis-py clients for one deployment. Internal to the core."""
@@ -65,7 +114,7 @@ class Backend:
     """One client per keyspace name (shared objects where the layout shares a pool)."""
     dbs: dict[str, int]
     """The DB index each keyspace writes to."""
-    sentinel: Sentinel | None = None
+    sentinel: AuthAwareSentinel | None = None
     master_name: str | None = None
     cluster: RedisCluster | None = None
     bound: asyncio.Semaphore | None = None
@@ -228,17 +277,10 @@ def build_backend(settings: Settings, driver: DriverInfo) -> Backend:
 def _build_sentinel(settings: Settings, dbs: dict[str, int], driver: DriverInfo) -> Backend:
     master_name = settings.redis_master_name
     assert master_name is not None  # Settings guarantees it with REDIS_USE_SENTINEL
-    sentinel_kwargs: dict[str, Any] = {
-        "driver_info": driver,
-        "socket_timeout": settings.redis_socket_timeout,
-        "socket_connect_timeout": settings.redis_connect_timeout,
-        "retry": _no_retry(),
-    }
-    if settings.redis_sentinel_password is not None:
-        sentinel_kwargs["password"] = settings.redis_sentinel_password.get_secret_value()
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+    sentinel = AuthAwareSentinel(
         list(settings.sentinel_nodes),
-        sentinel_kwargs=sentinel_kwargs,
+        sentinel_user=settings.redis_sentinel_user,
+        sentinel_kwargs=_sentinel_kwargs(settings, driver),
         **_connection_kwargs(settings, driver),
     )
 
@@ -263,6 +305,24 @@ def _build_sentinel(settings: Settings, dbs: dict[str, int], driver: DriverInfo)
         master_name=master_name,
         max_connections=settings.redis_max_connections,
     )
+
+
+def _sentinel_kwargs(settings: Settings, driver: DriverInfo) -> dict[str, Any]:
+    """How to reach the sentinels themselves: their own credentials, and TLS like the data
+    nodes when REDIS_TLS is on."""
+    kwargs: dict[str, Any] = {
+        "driver_info": driver,
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        "retry": _no_retry(),
+    }
+    if settings.redis_sentinel_password is not None:
+        kwargs["username"] = settings.redis_sentinel_user
+        kwargs["password"] = settings.redis_sentinel_password.get_secret_value()
+    if settings.tls:
+        kwargs["ssl"] = True
+        kwargs.update(_tls_kwargs(settings))
+    return kwargs
 
 
 def _build_cluster(settings: Settings, dbs: dict[str, int], driver: DriverInfo) -> Backend:

@@ -5,9 +5,13 @@ processes bound to 127.0.0.1 only, each in its own directory with its own log fi
 
 - `ServerProcess`: one server (or sentinel) process that can be started, stopped, killed,
   paused (SIGSTOP), resumed and restarted on the same port and directory.
-- `Standalone`: one server.
+- `Standalone`: one server (optionally TLS-only, see `TlsFiles`).
 - `SentinelGroup`: one master, two replicas and three sentinels.
 - `ClusterGroup`: three masters and three replicas.
+
+Every group takes a ``password`` (``requirepass``/``masterauth``); `acl_setuser` adds an
+ACL user on every data node, and a SentinelGroup's sentinels can require a password of
+their own (``sentinel_password``).
 
 Every polling loop has a deadline and raises `TimeoutError` with the relevant log tails.
 Any process still running when the interpreter exits is killed by an atexit hook, unless
@@ -30,7 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -42,6 +46,7 @@ __all__ = [
     "SentinelGroup",
     "ServerProcess",
     "Standalone",
+    "TlsFiles",
     "free_port",
     "server_binary",
 ]
@@ -233,6 +238,46 @@ def _wait_until(
         time.sleep(_POLL_INTERVAL)
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files that make a server TLS-only (``--port 0 --tls-port PORT``).
+
+    Attributes:
+        cert_file: The server's certificate (chain).
+        key_file: Its private key.
+        ca_file: The CA that client certificates must be signed by; the harness also trusts
+            it for the server's own certificate.
+        auth_clients: Whether clients must present a certificate (``tls-auth-clients``).
+        client_cert_file: The certificate the harness itself presents (default: cert_file,
+            which works when it is also valid for client authentication, as trustme's are).
+        client_key_file: Its key (default: key_file).
+    """
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    auth_clients: bool = True
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+
+    def server_args(self, port: int) -> list[str]:
+        """The command-line arguments for a TLS-only server on ``port``."""
+        return [
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--tls-cert-file",
+            str(self.cert_file),
+            "--tls-key-file",
+            str(self.key_file),
+            "--tls-ca-cert-file",
+            str(self.ca_file),
+            "--tls-auth-clients",
+            "yes" if self.auth_clients else "no",
+        ]
+
+
 class ServerProcess:
     """One ``redis-server`` or ``valkey-server`` process (optionally in sentinel mode).
 
@@ -249,6 +294,7 @@ class ServerProcess:
         password: Set as ``requirepass`` and ``masterauth``; used by `cli`.
         sentinel: Whether this process runs in sentinel mode.
         extra_args: Extra command-line arguments, appended last; read at every start.
+        tls: The TLS files of a TLS-only server, or None for plain TCP.
     """
 
     def __init__(
@@ -260,6 +306,7 @@ class ServerProcess:
         extra_args: Sequence[str] = (),
         password: str | None = None,
         sentinel: bool = False,
+        tls: TlsFiles | None = None,
     ) -> None:
         """Describe a server; nothing is spawned until `start`.
 
@@ -271,12 +318,14 @@ class ServerProcess:
             extra_args: Command-line arguments appended after the defaults.
             password: Password for ``requirepass`` and ``masterauth``.
             sentinel: Run ``<binary> dir/sentinel.conf --sentinel`` instead of a server.
+            tls: Serve TLS only on ``port`` with these files (plain TCP when None).
         """
         self.host = HOST
         self.flavor: Flavor = flavor
         self.dir = Path(dir)
         self.password = password
         self.sentinel = sentinel
+        self.tls = tls
         self.extra_args: list[str] = list(extra_args)
         self._port_given = port is not None
         self.port = port if port is not None else _pick_port(cluster_bus=self._cluster_enabled)
@@ -314,8 +363,10 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        """The ``redis://127.0.0.1:PORT`` URL (without the password)."""
-        return f"redis://{self.host}:{self.port}"
+        """The ``redis://127.0.0.1:PORT`` URL (``rediss://`` with TLS; without the
+        password)."""
+        scheme = "redis" if self.tls is None else "rediss"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def logfile(self) -> Path:
@@ -336,6 +387,8 @@ class ServerProcess:
             "--pidfile",
             str(self.dir / "server.pid"),
         ]
+        if self.tls is not None:
+            common += self.tls.server_args(self.port)  # later --port wins: TLS only
         if self.password is not None:
             common += ["--requirepass", self.password]
         if self.sentinel:
@@ -513,16 +566,28 @@ class ServerProcess:
         # A bare connection skips redis-py's reply callbacks, so INFO stays text and CLUSTER
         # NODES is not reshaped; RESP2 (redis-py 8 defaults to RESP3) keeps replies as the
         # flat arrays redis-cli prints. redis-py's Connection is unannotated.
-        conn = redis.Connection(  # type: ignore[no-untyped-call]
-            host=self.host,
-            port=self.port,
-            password=self.password,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            decode_responses=True,
-            protocol=2,
-            retry=Retry(NoBackoff(), 0),
-        )
+        options: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "password": self.password,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "decode_responses": True,
+            "protocol": 2,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        conn: redis.Connection
+        if self.tls is None:
+            conn = redis.Connection(**options)  # type: ignore[no-untyped-call]
+        else:
+            tls = self.tls
+            conn = redis.SSLConnection(
+                ssl_ca_certs=str(tls.ca_file),
+                ssl_certfile=str(tls.client_cert_file or tls.cert_file),
+                ssl_keyfile=str(tls.client_key_file or tls.key_file),
+                ssl_check_hostname=False,
+                **options,
+            )
         try:
             conn.send_command(*args)  # type: ignore[no-untyped-call]
             reply: object = conn.read_response()
@@ -580,6 +645,24 @@ class _Group(abc.ABC):
         """Stop every process (idempotent, works on paused processes too)."""
         _terminate(self._processes())
 
+    def _data_servers(self) -> list[ServerProcess]:
+        """The processes that hold data (not sentinels)."""
+        return [server for server in self._processes() if not server.sentinel]
+
+    def acl_setuser(self, user: str, rules: Sequence[str]) -> None:
+        """Run ``ACL SETUSER user *rules`` on every data node, replicas included (ACLs are
+        not replicated, and a promoted replica must know the user too).
+
+        Args:
+            user: The ACL user name.
+            rules: ACL rules, e.g. ``["on", ">secret", "~app:*", "+@read"]``.
+
+        Raises:
+            redis.ResponseError: If a node rejects a rule.
+        """
+        for server in self._data_servers():
+            server.cli("ACL", "SETUSER", user, *rules)
+
     def detach(self) -> None:
         """Leave every process running when this interpreter exits (for ``cluster up``)."""
         for server in self._processes():
@@ -621,6 +704,7 @@ class Standalone(_Group):
         base_dir: Path,
         extra_args: Sequence[str] = (),
         password: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         """Describe the server; nothing is spawned until `start`.
 
@@ -629,14 +713,19 @@ class Standalone(_Group):
             base_dir: Parent directory; the server gets ``base_dir/server``.
             extra_args: Command-line arguments appended after the defaults.
             password: Password for ``requirepass``.
+            tls: Serve TLS only, with these files (plain TCP when None).
         """
         self.server = ServerProcess(
-            flavor, dir=Path(base_dir) / "server", extra_args=extra_args, password=password
+            flavor,
+            dir=Path(base_dir) / "server",
+            extra_args=extra_args,
+            password=password,
+            tls=tls,
         )
 
     @property
     def url(self) -> str:
-        """The server's ``redis://127.0.0.1:PORT`` URL."""
+        """The server's ``redis://127.0.0.1:PORT`` URL (``rediss://`` with TLS)."""
         return self.server.url
 
     def _processes(self) -> list[ServerProcess]:
@@ -657,7 +746,8 @@ class SentinelGroup(_Group):
     Attributes:
         master_name: The name the sentinels monitor the master under.
         servers: The three data servers; index 0 is the initial master.
-        sentinels: The three sentinels (unauthenticated, quorum 2).
+        sentinels: The three sentinels (quorum 2; unauthenticated unless
+            ``sentinel_password`` is given).
     """
 
     def __init__(
@@ -669,6 +759,7 @@ class SentinelGroup(_Group):
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 5000,
         password: str | None = None,
+        sentinel_password: str | None = None,
     ) -> None:
         """Describe the group; nothing is spawned until `start`.
 
@@ -679,17 +770,23 @@ class SentinelGroup(_Group):
             down_after_ms: Sentinel ``down-after-milliseconds``.
             failover_timeout_ms: Sentinel ``failover-timeout``.
             password: Servers' ``requirepass``/``masterauth`` and the sentinels' ``auth-pass``.
+            sentinel_password: The sentinels' own ``requirepass`` (they also use it with each
+                other); None leaves them open.
         """
         base = Path(base_dir)
         self.master_name = master_name
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
         self.password = password
+        self.sentinel_password = sentinel_password
         self.servers = [
             ServerProcess(flavor, dir=base / f"server-{i}", password=password) for i in range(3)
         ]
         self.sentinels = [
-            ServerProcess(flavor, dir=base / f"sentinel-{i}", sentinel=True) for i in range(3)
+            ServerProcess(
+                flavor, dir=base / f"sentinel-{i}", sentinel=True, password=sentinel_password
+            )
+            for i in range(3)
         ]
 
     @property
@@ -1006,6 +1103,19 @@ class ClusterGroup(_Group):
         view = _parse_cluster_nodes(self._ask("CLUSTER", "NODES"))
         owners = sorted((entry for entry in view if entry.is_master), key=lambda e: e.slots)
         return [self._node_at(entry.port) for entry in owners]
+
+    def replicas_of(self, master: ServerProcess) -> list[ServerProcess]:
+        """Return the nodes that currently replicate ``master``.
+
+        Raises:
+            RuntimeError: If no live node answers.
+            ValueError: If ``master`` is not a node of this cluster.
+        """
+        if master not in self.nodes:
+            raise ValueError(f"{master!r} is not a node of this cluster")
+        view = _parse_cluster_nodes(self._ask("CLUSTER", "NODES"))
+        ids = {entry.node_id for entry in view if entry.port == master.port}
+        return [self._node_at(entry.port) for entry in view if entry.master_id in ids]
 
     def master_for_key(self, key: str) -> ServerProcess:
         """Return the master that currently serves ``key``'s hash slot.
