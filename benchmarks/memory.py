@@ -7,7 +7,10 @@ leave the event loop (the crossover); and MiniLM embedding throughput when the
     python -m benchmarks.memory [--quick] [--url redis://127.0.0.1:6379/0]
 
 Without --url it starts its own redis-server on a free loopback port. numpy runs with one
-BLAS thread on both sides (threadpoolctl), as the search path does.
+BLAS thread on both sides: the run sets it (threadpoolctl) on the main thread before any
+scan, and checks that it held. (With numpy's bundled OpenBLAS a thread count set from one
+thread can be ignored once another thread set it first, see BlasGuard: set late, the
+baseline would silently use two threads.)
 """
 
 from __future__ import annotations
@@ -17,19 +20,26 @@ import asyncio
 import cProfile
 import importlib.util
 import io
+import os
+import platform
 import pstats
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from redis.asyncio import BlockingConnectionPool, Redis
-from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
+from threadpoolctl import (  # type: ignore[import-untyped, unused-ignore]
+    ThreadpoolController,
+    threadpool_limits,
+)
 
-from benchmarks._harness import Comparison, compare, save, server_url, table
+from benchmarks._harness import Comparison, compare, save, save_markdown, server_url, table
 from zen_async import Settings, Zen, open_zen
+from zen_async.logs import configure_logging
 from zen_async.memory import (
     VECTOR_DIM,
     AgentMemoryManager,
@@ -256,7 +266,26 @@ async def profile_search(zen: Zen, n: int) -> str:
     return out.getvalue()
 
 
+def blas_threads() -> list[int]:
+    """The thread count of each BLAS library numpy loaded, as seen from this thread."""
+    controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+    return [int(c.num_threads) for c in controllers]
+
+
 async def run(url: str, *, quick: bool) -> dict[str, Any]:
+    """Every part of the benchmark, with BLAS on one thread for the whole run (checked)."""
+    with threadpool_limits(1, "blas"):
+        results = await _run(url, quick=quick)
+        results["blas_threads"] = blas_threads()
+    if any(n != 1 for n in results["blas_threads"]):
+        raise RuntimeError(
+            f"BLAS ran on {results['blas_threads']} threads, not 1: the numpy baseline is not "
+            "what the report says; nothing is saved"
+        )
+    return results
+
+
+async def _run(url: str, *, quick: bool) -> dict[str, Any]:
     settings = Settings(
         _env_file=None, redis_url=url, redis_embedded="false", redis_max_connections=50
     )
@@ -285,8 +314,15 @@ def report(results: dict[str, Any]) -> str:
     comparisons = [results["store"], *results["searches"]]
     if results["embedding"] is not None:
         comparisons.append(results["embedding"])
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    machine = (
+        f"{when}; {platform.machine()}, {os.cpu_count()} cores (shared with other work), "
+        f"Python {platform.python_version()}, numpy {np.__version__}, BLAS threads "
+        f"{results.get('blas_threads')}\n"
+    )
     parts = [
         table("memory: zen_async against its baselines (same server, same run)", comparisons),
+        machine,
         "### search latency against numpy (one BLAS thread each)\n",
         verdicts(results["searches"]),
         "### where scans should leave the loop\n",
@@ -304,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--quick", action="store_true", help="few operations: a smoke run")
     parser.add_argument("--url", help="measure against this server instead of a private one")
     args = parser.parse_args(argv)
+    configure_logging("warning")  # zen's logs to stderr; stdout carries the report
     with server_url(args.url) as url:
         results = asyncio.run(run(url, quick=args.quick))
     text = report(results)
@@ -316,10 +353,11 @@ def main(argv: Sequence[str] | None = None) -> str:
             comparisons,
             {
                 "loop": "asyncio",
-                "blas_threads": 1,
+                "blas_threads": results["blas_threads"],
                 "crossover": [vars(c) for c in results["crossover"]],
             },
         )
+        save_markdown("memory", text)
     print(text)
     return text
 

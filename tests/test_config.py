@@ -3,12 +3,21 @@ invalid configuration naming the variable, the bad value and what is accepted.""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import pytest
 
 from zen_async import ConfigError, Settings
+from zen_async.memory import (
+    HashingEmbedder,
+    MemoryOptions,
+    MemoryPriority,
+    MemoryType,
+    SentenceTransformerEmbedder,
+    embedder_from_settings,
+)
 
 SEED_VARIABLES = [
     "REDIS_HOST",
@@ -239,3 +248,156 @@ def test_secrets_are_never_echoed() -> None:
     assert "topsecret" not in message
     message, _ = _problem(redis_password=12)
     assert "12" not in message
+
+
+# --- durability (REDIS_DURABILITY*) --------------------------------------------------------
+def test_durability_defaults_to_async() -> None:
+    s = Settings()
+    assert s.redis_durability == "async"
+    assert (s.redis_durability_replicas, s.redis_durability_timeout_ms) == (1, 1000)
+
+
+def test_durability_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_DURABILITY", "replicated")
+    monkeypatch.setenv("REDIS_DURABILITY_REPLICAS", "2")
+    monkeypatch.setenv("REDIS_DURABILITY_TIMEOUT_MS", "250")
+    s = Settings()
+    assert (s.redis_durability, s.redis_durability_replicas) == ("replicated", 2)
+    assert s.redis_durability_timeout_ms == 250
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "accepted"),
+    [
+        ("REDIS_DURABILITY", "sync", "'async' (acknowledged by the master) or 'replicated'"),
+        ("REDIS_DURABILITY_REPLICAS", "0", "an integer number of replicas from 1 to 16"),
+        ("REDIS_DURABILITY_REPLICAS", "many", "an integer number of replicas from 1 to 16"),
+        ("REDIS_DURABILITY_TIMEOUT_MS", "0", "milliseconds from 1 to 60000"),
+        ("REDIS_DURABILITY_TIMEOUT_MS", "-5", "milliseconds from 1 to 60000"),
+    ],
+)
+def test_bad_durability_variable_fails_at_start(
+    monkeypatch: pytest.MonkeyPatch, variable: str, raw: str, accepted: str
+) -> None:
+    monkeypatch.setenv(variable, raw)
+    with pytest.raises(ConfigError) as info:
+        Settings()
+    assert [p.variable for p in info.value.problems] == [variable]
+    assert f"{variable}={raw!r}: " in str(info.value)
+    assert accepted in str(info.value)
+
+
+def test_durability_timeout_must_end_before_the_socket_timeout() -> None:
+    message, error = _problem(
+        redis_durability="replicated", redis_durability_timeout_ms=2000, redis_socket_timeout=2.0
+    )
+    assert [p.variable for p in error.problems] == ["REDIS_DURABILITY_TIMEOUT_MS"]
+    assert "below REDIS_SOCKET_TIMEOUT=2 s" in message
+    # async durability never sends WAIT, so the same pair is fine there
+    assert Settings(redis_durability_timeout_ms=2000, redis_socket_timeout=2.0)
+
+
+# --- agent memory (REDIS_MEMORY_*) -------------------------------------------------------
+@pytest.mark.parametrize(
+    ("variable", "raw", "accepted"),
+    [
+        ("REDIS_MEMORY_TTL_SHORT_TERM", "0", "seconds > 0, or 'none'"),
+        ("REDIS_MEMORY_TTL_SEMANTIC", "-60", "seconds > 0, or 'none'"),
+        ("REDIS_MEMORY_TTL_WORKING", "two hours", "seconds > 0, or 'none'"),
+        ("REDIS_MEMORY_TTL_MULTIPLIER_CRITICAL", "0", "a finite number > 0"),
+        ("REDIS_MEMORY_TTL_MULTIPLIER_LOW", "inf", "a finite number > 0"),
+        ("REDIS_MEMORY_WEIGHT_SIMILARITY", "-0.5", "a finite number >= 0"),
+        ("REDIS_MEMORY_WEIGHT_TAGS", "nan", "a finite number >= 0"),
+        ("REDIS_MEMORY_RECENCY_HALF_LIFE_ACCESSED", "0", "seconds > 0"),
+        ("REDIS_MEMORY_ACCESS_SATURATION", "0", "an integer >= 1"),
+        ("REDIS_MEMORY_MERGE_THRESHOLD", "1.5", "a cosine from 0 to 1"),
+        ("REDIS_MEMORY_LINK_THRESHOLD", "-0.1", "a cosine from 0 to 1"),
+        ("REDIS_MEMORY_PRUNE_THRESHOLD", "2", "a score from 0 to 1"),
+        ("REDIS_MEMORY_CONSOLIDATION_INTERVAL", "-1", "seconds >= 0"),
+        ("REDIS_MEMORY_MAX_CONTENT_BYTES", "0", "an integer number of bytes >= 1"),
+        ("REDIS_MEMORY_SHARDS", "2048", "an integer from 1 to 1024"),
+        ("REDIS_MEMORY_SYNC_INTERVAL", "0", "seconds > 0"),
+        ("REDIS_MEMORY_MAX_SPACES", "0", "an integer >= 1"),
+        ("REDIS_MEMORY_EMBEDDER", "word2vec", "'hashing' or 'sentence-transformers'"),
+        ("REDIS_MEMORY_EMBEDDING_BATCH_SIZE", "0", "an integer >= 1"),
+    ],
+)
+def test_bad_memory_variable_fails_at_start(
+    monkeypatch: pytest.MonkeyPatch, variable: str, raw: str, accepted: str
+) -> None:
+    monkeypatch.setenv(variable, raw)
+    with pytest.raises(ConfigError) as info:
+        Settings()
+    assert [p.variable for p in info.value.problems] == [variable]
+    assert f"{variable}={raw!r}: {accepted}" in str(info.value)
+
+
+def test_bad_memory_variables_are_reported_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_MEMORY_TTL_LONG_TERM", "-1")
+    monkeypatch.setenv("REDIS_MEMORY_WEIGHT_RECENCY", "-1")
+    monkeypatch.setenv("REDIS_MEMORY_EMBEDDER", "bert")
+    monkeypatch.setenv("REDIS_PORT", "0")
+    message, error = _problem()
+    assert {p.variable for p in error.problems} == {
+        "REDIS_MEMORY_TTL_LONG_TERM",
+        "REDIS_MEMORY_WEIGHT_RECENCY",
+        "REDIS_MEMORY_EMBEDDER",
+        "REDIS_PORT",
+    }
+    assert "4 problems" in message
+
+
+def test_link_threshold_above_merge_threshold_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_MEMORY_MERGE_THRESHOLD", "0.8")
+    message, error = _problem()
+    assert [p.variable for p in error.problems] == ["REDIS_MEMORY_LINK_THRESHOLD"]
+    assert "REDIS_MEMORY_LINK_THRESHOLD=0.85" in message
+    assert "at most REDIS_MEMORY_MERGE_THRESHOLD=0.8" in message
+
+
+def test_memory_defaults_are_memory_options_defaults() -> None:
+    assert MemoryOptions.from_settings(Settings()) == MemoryOptions()
+    option_fields = {f.name for f in dataclasses.fields(MemoryOptions)} - {
+        "ttls",
+        "ttl_multipliers",
+    }
+    for name in option_fields:
+        assert f"redis_memory_{name}" in Settings.model_fields, f"no setting for {name}"
+    for memory_type in MemoryType:
+        assert f"redis_memory_ttl_{memory_type.value}" in Settings.model_fields
+    for priority in MemoryPriority:
+        assert f"redis_memory_ttl_multiplier_{priority.value}" in Settings.model_fields
+
+
+def test_memory_variables_change_memory_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_MEMORY_TTL_SHORT_TERM", "60")
+    monkeypatch.setenv("REDIS_MEMORY_TTL_LONG_TERM", "none")
+    monkeypatch.setenv("REDIS_MEMORY_TTL_EPISODIC", "3600")
+    monkeypatch.setenv("REDIS_MEMORY_TTL_MULTIPLIER_TEMPORARY", "0.1")
+    monkeypatch.setenv("REDIS_MEMORY_WEIGHT_SIMILARITY", "0.9")
+    monkeypatch.setenv("REDIS_MEMORY_RECENCY_HALF_LIFE_CREATED", "7200")
+    monkeypatch.setenv("REDIS_MEMORY_MERGE_THRESHOLD", "0.99")
+    monkeypatch.setenv("REDIS_MEMORY_LINK_THRESHOLD", "0.7")
+    monkeypatch.setenv("REDIS_MEMORY_OFFLOAD_ROWS", "4096")
+    monkeypatch.setenv("REDIS_MEMORY_CONSOLIDATION_INTERVAL", "0")
+    monkeypatch.setenv("REDIS_MEMORY_EMBEDDER", "Sentence-Transformers")
+    monkeypatch.setenv("REDIS_MEMORY_EMBEDDING_MODEL", "/models/minilm")
+    monkeypatch.setenv("REDIS_MEMORY_EMBEDDING_BATCH_SIZE", "16")
+    settings = Settings()
+    options = MemoryOptions.from_settings(settings)
+    t, p = MemoryType, MemoryPriority
+    assert options.ttl_ms(t.SHORT_TERM, p.MEDIUM) == 60_000
+    assert options.ttl_ms(t.LONG_TERM, p.CRITICAL) == 0  # 'none': never expires
+    assert options.ttl_ms(t.EPISODIC, p.TEMPORARY) == 360_000
+    assert options.ttl_ms(t.WORKING, p.MEDIUM) == 7_200_000  # untouched default
+    assert options.weight_similarity == 0.9
+    assert options.recency_half_life_created == 7200.0
+    assert (options.merge_threshold, options.link_threshold) == (0.99, 0.7)
+    assert options.offload_rows == 4096
+    assert options.consolidation_interval == 0.0
+    embedder = embedder_from_settings(settings)  # the model loads on first use, not here
+    assert isinstance(embedder, SentenceTransformerEmbedder)
+    assert embedder.name == "/models/minilm"
+    assert isinstance(
+        embedder_from_settings(Settings(redis_memory_embedder="hashing")), HashingEmbedder
+    )

@@ -31,6 +31,152 @@ def payload(result: Any) -> Any:
     return data["result"] if isinstance(data, dict) and set(data) == {"result"} else data
 
 
+def error_text(result: Any) -> str:
+    """The message of a tool error."""
+    assert result.is_error, result.structured_content
+    text: str = result.content[0].text
+    return text
+
+
+async def exercise_memory_tools(client: Client, agent: str) -> None:
+    """Call every memory tool as a client does and check what comes back (the server's
+    tenant is 'default')."""
+    fact = payload(
+        await client.call_tool(
+            "memory_store",
+            {
+                "agent_id": agent,
+                "content": "The build needs Python 3.11 and make",
+                "memory_type": "semantic",
+                "priority": "high",
+                "tags": ["build"],
+                "metadata": {"source": "readme"},
+            },
+        )
+    )
+    assert (fact["agent_id"], fact["namespace"], fact["memory_type"]) == (
+        agent,
+        "default",
+        "semantic",
+    )
+    assert (fact["tags"], fact["metadata"], fact["version"]) == (
+        ["build"],
+        {"source": "readme"},
+        1,
+    )
+    assert fact["expires_at"] is None  # semantic memories never expire by default
+    assert fact["vector"] is None  # vectors only when asked for
+    again = payload(
+        await client.call_tool(
+            "memory_store",
+            {
+                "agent_id": agent,
+                "content": "The build needs Python 3.11 and make",
+                "memory_type": "semantic",
+            },
+        )
+    )
+    assert again["memory_id"] == fact["memory_id"]  # the exact duplicate, reinforced
+    assert again["access_count"] == fact["access_count"] + 1
+    shared = payload(
+        await client.call_tool(
+            "memory_store",
+            {"agent_id": None, "content": {"deploy": "three replicas"}, "memory_type": "shared"},
+        )
+    )
+    assert (shared["agent_id"], shared["content"]) == (None, {"deploy": "three replicas"})
+    axis = [0.0] * 384
+    axis[7] = 1.0
+    pointed = payload(
+        await client.call_tool(
+            "memory_store",
+            {"agent_id": agent, "content": "a memory with its own vector", "vector": axis},
+        )
+    )
+    assert pointed["expires_at"] is not None  # working: 2 h
+
+    hits = payload(
+        await client.call_tool(
+            "memory_search", {"agent_id": agent, "query": "which python does the build need"}
+        )
+    )
+    assert hits[0]["memory_entry"]["memory_id"] == fact["memory_id"]
+    assert [h["rank"] for h in hits] == list(range(1, len(hits) + 1))
+    assert hits[0]["similarity_score"] > 0.3
+    by_vector = payload(
+        await client.call_tool(
+            "memory_search",
+            {"agent_id": agent, "vector": axis, "limit": 1, "similarity_threshold": 0.99},
+        )
+    )
+    assert [h["memory_entry"]["memory_id"] for h in by_vector] == [pointed["memory_id"]]
+    assert by_vector[0]["similarity_score"] == pytest.approx(1.0, abs=1e-6)
+    only_shared = payload(
+        await client.call_tool(
+            "memory_search", {"agent_id": None, "query": "deploy replicas", "limit": 5}
+        )
+    )
+    assert [h["memory_entry"]["memory_id"] for h in only_shared] == [shared["memory_id"]]
+    tagged = payload(
+        await client.call_tool(
+            "memory_search",
+            {
+                "agent_id": agent,
+                "query": "memory build vector",
+                "tags": ["build"],
+                "memory_types": ["semantic"],
+                "include_shared": False,
+                "similarity_threshold": -1.0,
+            },
+        )
+    )
+    assert [h["memory_entry"]["memory_id"] for h in tagged] == [fact["memory_id"]]
+
+    peeked = payload(
+        await client.call_tool(
+            "memory_get",
+            {"memory_id": pointed["memory_id"], "count_access": False, "include_vector": True},
+        )
+    )
+    assert peeked["access_count"] == pointed["access_count"]
+    assert peeked["vector"] == axis
+    read = payload(await client.call_tool("memory_get", {"memory_id": pointed["memory_id"]}))
+    assert read["access_count"] == pointed["access_count"] + 1
+
+    figures = payload(await client.call_tool("memory_analytics", {"agent_id": agent}))
+    assert (figures["space"], figures["total_memories"], figures["dedup_count"]) == (agent, 2, 1)
+    assert figures["by_type"]["semantic"] == 1
+    assert figures["by_type"]["working"] == 1
+    assert figures["by_priority"]["high"] == 1
+    assert figures["most_accessed_memories"][0]["memory_id"] in {
+        fact["memory_id"],
+        pointed["memory_id"],
+    }
+    assert figures["last_consolidation"] is None
+
+    report = payload(await client.call_tool("memory_consolidate", {"agent_id": agent}))
+    assert report["space"] == agent
+    assert report["removed"] == report["expired"] + report["pruned"] + report["merged"] == 0
+    after = payload(await client.call_tool("memory_analytics", {"agent_id": agent}))
+    assert after["last_consolidation"] == report
+    assert (
+        payload(await client.call_tool("memory_analytics", {"agent_id": None}))["total_memories"]
+        == 1
+    )
+
+    assert payload(await client.call_tool("memory_delete", {"memory_id": pointed["memory_id"]}))
+    assert not payload(await client.call_tool("memory_delete", {"memory_id": pointed["memory_id"]}))
+    gone = await client.call_tool("memory_get", {"memory_id": pointed["memory_id"]})
+    assert "NotFoundError" in error_text(gone)
+    short = await client.call_tool(
+        "memory_store", {"agent_id": agent, "content": "x", "vector": [1.0, 2.0]}
+    )
+    assert "ValidationError" in error_text(short)
+    assert "384" in error_text(short)
+    malformed = await client.call_tool("memory_get", {"memory_id": "not-an-id"})
+    assert "ValidationError" in error_text(malformed)
+
+
 async def test_every_tool_in_process(target: Target) -> None:
     async with Client(build_server(target.settings())) as client:
         listed = {t.name for t in (await client.list_tools()).tools}
@@ -131,6 +277,39 @@ async def test_every_tool_in_process(target: Target) -> None:
         assert sum(p["count"] for p in points) >= 3
 
 
+async def test_memory_tools_in_process(target: Target) -> None:
+    async with Client(build_server(target.settings())) as client:
+        await exercise_memory_tools(client, "mcp-1")
+
+
+async def test_memory_tools_are_bound_to_the_servers_tenant(standalone: Target) -> None:
+    """The tenant is server configuration: no tool takes it, and nothing crosses tenants."""
+    async with (
+        Client(build_server(standalone.settings(redis_namespace="team-a"))) as a,
+        Client(build_server(standalone.settings(redis_namespace="team-b"))) as b,
+    ):
+        for tool in (await a.list_tools()).tools:
+            assert not {"namespace", "tenant"} & set(tool.input_schema.get("properties", {}))
+        kept = payload(
+            await a.call_tool(
+                "memory_store",
+                {"agent_id": "shared-name", "content": "team a's secret plan", "tags": ["plan"]},
+            )
+        )
+        assert kept["namespace"] == "team-a"
+        query = {"agent_id": "shared-name", "query": "secret plan", "similarity_threshold": -1.0}
+        assert len(payload(await a.call_tool("memory_search", query))) == 1
+        assert payload(await b.call_tool("memory_search", query)) == []
+        missing = await b.call_tool("memory_get", {"memory_id": kept["memory_id"]})
+        assert "NotFoundError" in error_text(missing)
+        assert not payload(await b.call_tool("memory_delete", {"memory_id": kept["memory_id"]}))
+        figures = payload(await b.call_tool("memory_analytics", {"agent_id": "shared-name"}))
+        assert figures["total_memories"] == 0
+        assert payload(await a.call_tool("memory_get", {"memory_id": kept["memory_id"]}))[
+            "content"
+        ] == ("team a's secret plan")
+
+
 async def test_zen_errors_become_tool_errors_with_their_message(standalone: Target) -> None:
     async with Client(build_server(standalone.settings())) as client:
         await client.call_tool("agent_create", {"agent_type": "t", "agent_id": "e1"})
@@ -170,6 +349,7 @@ async def test_stdio_subprocess(standalone: Target, tmp_path: Path) -> None:
         assert {t.name for t in (await client.list_tools()).tools} >= set(TOOL_NAMES)
         health = payload(await client.call_tool("health", {}))
         assert health["redis_available"] is True
+        await exercise_memory_tools(client, "stdio-agent")
 
 
 async def start_http_server(
@@ -240,6 +420,7 @@ async def test_http_with_bearer_token(standalone: Target, tmp_path: Path) -> Non
             Client(streamable_http_client(url, http_client=http)) as client,
         ):
             assert {t.name for t in (await client.list_tools()).tools} >= set(TOOL_NAMES)
+            await exercise_memory_tools(client, "http-1")
             created = payload(
                 await client.call_tool("agent_create", {"agent_type": "web", "agent_id": "http-1"})
             )
@@ -251,8 +432,20 @@ async def test_http_with_bearer_token(standalone: Target, tmp_path: Path) -> Non
     assert f"http://127.0.0.1:{port}/mcp" in out.decode()
 
 
-@pytest.mark.parametrize("tool", ["health"])
-async def test_tool_outputs_are_json(standalone: Target, tool: str) -> None:
+@pytest.mark.parametrize(
+    ("tool", "arguments"),
+    [
+        ("health", {}),
+        ("memory_store", {"agent_id": "j", "content": {"a": [1, 2]}}),
+        ("memory_search", {"agent_id": "j", "query": "a"}),
+        ("memory_analytics", {"agent_id": "j"}),
+        ("memory_consolidate", {"agent_id": "j"}),
+    ],
+)
+async def test_tool_outputs_are_json(
+    standalone: Target, tool: str, arguments: dict[str, Any]
+) -> None:
     async with Client(build_server(standalone.settings())) as client:
-        result = await client.call_tool(tool, {})
+        result = await client.call_tool(tool, arguments)
+    assert not result.is_error, result.content
     orjson.dumps(result.structured_content)  # typed, structured output

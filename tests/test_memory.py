@@ -20,8 +20,11 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 import pytest
+from threadpoolctl import (  # type: ignore[import-untyped, unused-ignore]
+    ThreadpoolController,
+)
 
-from zen_async import ConflictError, NotFoundError, ValidationError, Zen, open_zen
+from zen_async import ConflictError, NotFoundError, Settings, ValidationError, Zen, open_zen
 from zen_async.codec import Codec
 from zen_async.memory import (
     VECTOR_DIM,
@@ -32,6 +35,7 @@ from zen_async.memory import (
     MemoryType,
     NewMemory,
 )
+from zen_async.memory.index import BlasGuard, SpaceIndex
 from zen_async.memory.relevance import relevance, retention
 from zen_async.store import Keyspace
 from zen_async.testing.deployments import Deployments, Target, masters
@@ -169,17 +173,54 @@ def test_options_compute_ttls_and_refuse_bad_values() -> None:
     with pytest.raises(ValidationError, match="thresholds"):
         MemoryOptions(link_threshold=0.99, merge_threshold=0.9)
 
-    class FakeSettings:
-        redis_memory_ttl_episodic = 60
-        redis_memory_ttl_short_term = 0
-        redis_memory_weight_similarity = 0.9
-        redis_memory_ttl_multiplier_low = 0.1
-
-    loaded = MemoryOptions.from_settings(FakeSettings())
+    loaded = MemoryOptions.from_settings(
+        Settings(
+            redis_memory_ttl_episodic=60,
+            redis_memory_ttl_short_term="none",
+            redis_memory_weight_similarity=0.9,
+            redis_memory_ttl_multiplier_low=0.1,
+        )
+    )
     assert loaded.ttl_ms(T.EPISODIC, P.MEDIUM) == 60_000
     assert loaded.ttl_ms(T.SHORT_TERM, P.MEDIUM) == 0
     assert loaded.ttl_ms(T.EPISODIC, P.LOW) == 6_000
     assert loaded.weight_similarity == 0.9
+
+
+@pytest.mark.parametrize("n", [3_000, 20_000])
+@pytest.mark.parametrize("blas", [True, False])
+def test_scan_kernels_return_numpy_brute_force_top_k(n: int, blas: bool) -> None:
+    """Both similarity kernels (one-thread BLAS for small scans, numpy's row-wise kernel for
+    large ones or when BLAS threads cannot be held) give numpy's exact top-k."""
+    rng = np.random.default_rng(n)
+    vectors = random_vectors(rng, n)
+    index = SpaceIndex("kernels", 0, capacity=n)
+    index.vectors[:n] = vectors
+    index.inv_norm[:n] = 1.0 / np.linalg.norm(vectors, axis=1)
+    index.expires[:n] = np.inf
+    index.n = n
+    for query in random_vectors(rng, 5):
+        unit = query / np.linalg.norm(query)
+        expected = (vectors.astype(np.float64) @ unit) / np.linalg.norm(vectors, axis=1)
+        positions, sims = index.scan(
+            unit, 0.0, allowed_types=None, tag_rows=None, threshold=-1.0, k=10, blas=blas
+        )
+        assert set(positions.tolist()) == set(np.argsort(-expected)[:10].tolist())
+        np.testing.assert_allclose(sims, expected[positions], atol=1e-5)
+
+
+async def test_blas_guard_never_claims_one_thread_when_blas_has_more() -> None:
+    """single_threaded is read back, not assumed: a BLAS thread setting may not take."""
+    guard = BlasGuard()
+    await guard.ready()
+    controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+
+    def inside() -> tuple[bool, list[int]]:
+        with guard:
+            return guard.single_threaded, [c.num_threads for c in controllers]
+
+    for single, threads in [inside(), await anyio.to_thread.run_sync(inside), inside()]:
+        assert single == (bool(threads) and all(t == 1 for t in threads)), threads
 
 
 async def test_hashing_embedder_is_deterministic_lexical_and_unit_length() -> None:
@@ -343,6 +384,27 @@ async def test_ttl_tiers_and_priorities_set_expiry(zen: Zen) -> None:
     assert mem.options.ttl_ms(T.SHORT_TERM, P.MEDIUM) == 1_800_000
     assert mem.options.ttl_ms(T.WORKING, P.MEDIUM) == 7_200_000
     assert mem.options.ttl_ms(T.LONG_TERM, P.MEDIUM) == 86_400_000
+
+
+async def test_memory_settings_from_the_environment_reach_zen_memory(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REDIS_MEMORY_* variables are read by Settings at start-up and configure zen.memory."""
+    monkeypatch.setenv("REDIS_MEMORY_TTL_SHORT_TERM", "90")
+    monkeypatch.setenv("REDIS_MEMORY_TTL_SEMANTIC", "600")
+    monkeypatch.setenv("REDIS_MEMORY_TTL_MULTIPLIER_HIGH", "3")
+    monkeypatch.setenv("REDIS_MEMORY_MAX_TAGS", "2")
+    async with open_zen(target.settings()) as zen:
+        mem = zen.memory
+        assert mem.options.ttl_ms(T.SHORT_TERM, P.MEDIUM) == 90_000
+        entry = await mem.store_memory(
+            "env", "semantic fact", memory_type=T.SEMANTIC, priority=P.HIGH
+        )
+        assert entry.expires_at is not None
+        lived = (entry.expires_at - entry.created_at).total_seconds()
+        assert lived == pytest.approx(1800, abs=0.01)  # 600 s x 3
+        with pytest.raises(ValidationError, match="tags"):
+            await mem.store_memory("env", "too many tags", tags=["a", "b", "c"])
 
 
 async def test_ttl_tiers_really_expire(zen: Zen) -> None:
@@ -563,7 +625,10 @@ RACER = textwrap.dedent(
     """
     import asyncio, sys
     from zen_async import Settings, open_zen
+    from zen_async.logs import configure_logging
     from zen_async.memory import AgentMemoryManager, MemoryOptions
+
+    configure_logging("warning")  # logs to stderr: stdout carries the ids to the test
 
     async def main() -> None:
         rounds, width = int(sys.argv[1]), int(sys.argv[2])

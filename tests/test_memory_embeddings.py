@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from zen_async import ConfigError, ValidationError, open_zen
+from zen_async import ConfigError, Settings, ValidationError, open_zen
 from zen_async.memory import (
     VECTOR_DIM,
     AgentMemoryManager,
@@ -105,17 +105,11 @@ async def test_a_model_path_that_does_not_exist_is_a_config_error() -> None:
 
 
 def test_settings_choose_the_embedder() -> None:
-    class Chosen:
-        redis_memory_embedder = "sentence-transformers"
-        redis_memory_embedding_batch_size = 8
-
-    assert isinstance(embedder_from_settings(object()), HashingEmbedder)
-    chosen = embedder_from_settings(Chosen())
+    assert isinstance(embedder_from_settings(Settings()), HashingEmbedder)
+    chosen = embedder_from_settings(
+        Settings(redis_memory_embedder="sentence-transformers", redis_memory_embedding_batch_size=8)
+    )
     assert isinstance(chosen, SentenceTransformerEmbedder)
     assert chosen.name == "all-MiniLM-L6-v2"
-
-    class Unknown:
-        redis_memory_embedder = "word2vec"
-
-    with pytest.raises(ConfigError, match="REDIS_MEMORY_EMBEDDER"):
-        embedder_from_settings(Unknown())
+    with pytest.raises(ConfigError, match="REDIS_MEMORY_EMBEDDER='word2vec'"):
+        Settings(redis_memory_embedder="word2vec")

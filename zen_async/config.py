@@ -9,20 +9,23 @@ what would be accepted.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import pydantic
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from zen_async.errors import ConfigError, ConfigProblem
+from zen_async.redact import DEFAULT_REDACT_FIELDS, FIELDS_PATTERN
 
 __all__ = ["Address", "Settings", "Topology"]
 
 Topology = Literal["standalone", "sentinel", "cluster"]
 DbLayout = Literal["databases", "prefixed"]
+Durability = Literal["async", "replicated"]
 Address = tuple[str, int]
 
 _URL_SCHEMES = ("redis", "rediss", "unix")
@@ -39,8 +42,60 @@ _ACCEPTED: dict[str, str] = {
     "redis_embedded": "'auto', 'true' or 'false'",
     "redis_agent_shards": "an integer from 1 to 1024",
     "redis_compression_threshold": "an integer number of bytes >= 0",
+    "redis_durability": "'async' (acknowledged by the master) or 'replicated' (also by replicas)",
+    "redis_durability_replicas": "an integer number of replicas from 1 to 16",
+    "redis_durability_timeout_ms": "an integer number of milliseconds from 1 to 60000",
+    "redis_redact_fields": (
+        "a comma-separated list of field names (A-Z a-z 0-9 _ . -, and * as a wildcard), "
+        "e.g. 'api_key,password,*_token'; empty to store every field as given"
+    ),
 }
 _SECRET_FIELDS = frozenset({"redis_password", "redis_sentinel_password"})
+
+# Agent memory (docs/memory.md). The names mirror zen_async.memory's MemoryType and
+# MemoryPriority; config sits below memory in the layers, so they are spelled out here.
+_MEMORY_TYPES = (
+    "short_term",
+    "working",
+    "long_term",
+    "shared",
+    "procedural",
+    "episodic",
+    "semantic",
+)
+_MEMORY_PRIORITIES = ("critical", "high", "medium", "low", "temporary")
+_MEMORY_WEIGHTS = ("similarity", "recency", "priority", "access", "tags")
+_MEMORY_TTL_FIELDS = tuple(f"redis_memory_ttl_{t}" for t in _MEMORY_TYPES)
+_NO_TTL_WORDS = frozenset({"", "none", "never"})
+_EMBEDDER_ALIASES = {
+    "sentence_transformers": "sentence-transformers",
+    "minilm": "sentence-transformers",
+}
+_ACCEPTED.update(
+    dict.fromkeys(_MEMORY_TTL_FIELDS, "seconds > 0, or 'none' for no expiry")
+    | {f"redis_memory_ttl_multiplier_{p}": "a finite number > 0" for p in _MEMORY_PRIORITIES}
+    | {f"redis_memory_weight_{w}": "a finite number >= 0" for w in _MEMORY_WEIGHTS}
+    | {
+        "redis_memory_recency_half_life_accessed": "seconds > 0",
+        "redis_memory_recency_half_life_created": "seconds > 0",
+        "redis_memory_access_saturation": "an integer >= 1",
+        "redis_memory_merge_threshold": "a cosine from 0 to 1",
+        "redis_memory_link_threshold": "a cosine from 0 to 1",
+        "redis_memory_max_links": "an integer >= 0",
+        "redis_memory_prune_threshold": "a score from 0 to 1",
+        "redis_memory_promote_min_access": "an integer >= 1",
+        "redis_memory_consolidation_interval": "seconds >= 0 (0: no periodic consolidation)",
+        "redis_memory_max_content_bytes": "an integer number of bytes >= 1",
+        "redis_memory_max_tags": "an integer >= 0",
+        "redis_memory_shards": "an integer from 1 to 1024",
+        "redis_memory_offload_rows": "an integer number of rows >= 0",
+        "redis_memory_sync_interval": "seconds > 0",
+        "redis_memory_change_stream_max_len": "an integer >= 1",
+        "redis_memory_max_spaces": "an integer >= 1",
+        "redis_memory_embedder": "'hashing' or 'sentence-transformers'",
+        "redis_memory_embedding_batch_size": "an integer >= 1",
+    }
+)
 
 
 def _default_embedded_dir() -> Path:
@@ -115,6 +170,8 @@ class Settings(BaseSettings):
     # --- connection -----------------------------------------------------------------------
     redis_url: str | None = None
     redis_sentinel_password: SecretStr | None = None
+    redis_sentinel_user: str | None = None
+    """The ACL user the sentinels are asked with (only with REDIS_SENTINEL_PASSWORD)."""
     redis_tls: bool = False
     redis_tls_ca_file: Path | None = None
     redis_tls_cert_file: Path | None = None
@@ -138,6 +195,15 @@ class Settings(BaseSettings):
     redis_outage_journal: Path | None = None
     redis_outage_journal_max_ops: int = Field(100_000, ge=1)
     redis_last_known_size: int = Field(10_000, ge=0)
+    redis_port_reserve: int = Field(8, ge=0, le=1024)
+    redis_port_reserve_ttl: float = Field(600.0, gt=0)
+
+    # --- durability (docs/operations.md) -------------------------------------------------
+    redis_durability: Durability = "async"
+    """'replicated': every acknowledged write has also reached REDIS_DURABILITY_REPLICAS
+    replicas (WAIT), else the caller gets DurabilityError."""
+    redis_durability_replicas: int = Field(1, ge=1, le=16)
+    redis_durability_timeout_ms: int = Field(1000, ge=1, le=60_000)
 
     # --- data -----------------------------------------------------------------------------
     redis_namespace: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
@@ -145,6 +211,53 @@ class Settings(BaseSettings):
     redis_compression_threshold: int = Field(1024, ge=0)
     redis_event_export: bool = False
     """Copy every event into the export stream ``zen.export`` (for Kafka Connect & co)."""
+    redis_redact_fields: str = Field(",".join(DEFAULT_REDACT_FIELDS), pattern=FIELDS_PATTERN)
+    """Field names whose values are stored as "[redacted]" (docs/security.md); empty: none."""
+
+    # --- agent memory (docs/memory.md; zen_async.memory.MemoryOptions) ------------------
+    # Seconds each memory type lives at medium priority; None ('none'): it never expires.
+    redis_memory_ttl_short_term: float | None = Field(1800.0, gt=0, allow_inf_nan=False)
+    redis_memory_ttl_working: float | None = Field(7200.0, gt=0, allow_inf_nan=False)
+    redis_memory_ttl_long_term: float | None = Field(86400.0, gt=0, allow_inf_nan=False)
+    redis_memory_ttl_shared: float | None = Field(None, gt=0, allow_inf_nan=False)
+    redis_memory_ttl_procedural: float | None = Field(None, gt=0, allow_inf_nan=False)
+    redis_memory_ttl_episodic: float | None = Field(None, gt=0, allow_inf_nan=False)
+    redis_memory_ttl_semantic: float | None = Field(None, gt=0, allow_inf_nan=False)
+    # How each priority scales its type's TTL.
+    redis_memory_ttl_multiplier_critical: float = Field(4.0, gt=0, allow_inf_nan=False)
+    redis_memory_ttl_multiplier_high: float = Field(2.0, gt=0, allow_inf_nan=False)
+    redis_memory_ttl_multiplier_medium: float = Field(1.0, gt=0, allow_inf_nan=False)
+    redis_memory_ttl_multiplier_low: float = Field(0.5, gt=0, allow_inf_nan=False)
+    redis_memory_ttl_multiplier_temporary: float = Field(0.25, gt=0, allow_inf_nan=False)
+    # The relevance formula's weights and its recency and access terms.
+    redis_memory_weight_similarity: float = Field(0.6, ge=0, allow_inf_nan=False)
+    redis_memory_weight_recency: float = Field(0.15, ge=0, allow_inf_nan=False)
+    redis_memory_weight_priority: float = Field(0.1, ge=0, allow_inf_nan=False)
+    redis_memory_weight_access: float = Field(0.1, ge=0, allow_inf_nan=False)
+    redis_memory_weight_tags: float = Field(0.05, ge=0, allow_inf_nan=False)
+    redis_memory_recency_half_life_accessed: float = Field(3600.0, gt=0, allow_inf_nan=False)
+    redis_memory_recency_half_life_created: float = Field(86400.0, gt=0, allow_inf_nan=False)
+    redis_memory_access_saturation: int = Field(100, ge=1)
+    # Consolidation.
+    redis_memory_merge_threshold: float = Field(0.95, ge=0, le=1)
+    redis_memory_link_threshold: float = Field(0.85, ge=0, le=1)
+    redis_memory_max_links: int = Field(8, ge=0)
+    redis_memory_prune_threshold: float = Field(0.05, ge=0, le=1)
+    redis_memory_promote_min_access: int = Field(5, ge=1)
+    redis_memory_consolidation_interval: float = Field(600.0, ge=0, allow_inf_nan=False)
+    # Storage, search and sync.
+    redis_memory_max_content_bytes: int = Field(1_048_576, ge=1)
+    redis_memory_max_tags: int = Field(32, ge=0)
+    redis_memory_shards: int = Field(16, ge=1, le=1024)
+    redis_memory_offload_rows: int = Field(16_384, ge=0)
+    redis_memory_sync_interval: float = Field(1.0, gt=0, allow_inf_nan=False)
+    redis_memory_change_stream_max_len: int = Field(100_000, ge=1)
+    redis_memory_max_spaces: int = Field(4096, ge=1)
+    # Embeddings: 'hashing' (lexical, numpy only) or 'sentence-transformers' (the extra).
+    redis_memory_embedder: Literal["hashing", "sentence-transformers"] = "hashing"
+    redis_memory_embedding_model: str | None = None
+    """A local model directory or a cached model name; None: the bundled all-MiniLM-L6-v2."""
+    redis_memory_embedding_batch_size: int = Field(64, ge=1)
 
     # --- alert thresholds (the seed's figures) --------------------------------------------
     redis_alert_breaker_open_seconds: float = Field(60.0, gt=0)
@@ -162,6 +275,31 @@ class Settings(BaseSettings):
         except pydantic.ValidationError as exc:
             raise ConfigError([_to_problem(err) for err in exc.errors()]) from None
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """Fields for ``repr``/``str``: passwords are SecretStr already; a password inside
+        REDIS_URL is masked too."""
+        for name, value in super().__repr_args__():
+            if name == "redis_url" and isinstance(value, str):
+                yield name, _redact_url(value)
+            else:
+                yield name, value
+
+    @field_validator(*_MEMORY_TTL_FIELDS, mode="before")
+    @classmethod
+    def _no_ttl_words(cls, value: object) -> object:
+        """'none', 'never' or an empty value: the type never expires."""
+        if isinstance(value, str) and value.strip().lower() in _NO_TTL_WORDS:
+            return None
+        return value
+
+    @field_validator("redis_memory_embedder", mode="before")
+    @classmethod
+    def _embedder_name(cls, value: object) -> object:
+        if isinstance(value, str):
+            name = value.strip().lower()
+            return _EMBEDDER_ALIASES.get(name, name)
+        return value
+
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
         self._check_topology()
@@ -175,6 +313,9 @@ class Settings(BaseSettings):
         if self.redis_url is not None:
             self._check_url(self.redis_url)
         self._check_tls()
+        self._check_auth()
+        self._check_durability()
+        self._check_memory()
         return self
 
     def _check_topology(self) -> None:
@@ -220,6 +361,42 @@ class Settings(BaseSettings):
                 "redis_tls_key_file",
                 self.redis_tls_key_file,
                 "set together with REDIS_TLS_CERT_FILE (client certificate and key)",
+            )
+
+    def _check_memory(self) -> None:
+        if self.redis_memory_link_threshold > self.redis_memory_merge_threshold:
+            raise _problem(
+                "redis_memory_link_threshold",
+                self.redis_memory_link_threshold,
+                f"a cosine at most REDIS_MEMORY_MERGE_THRESHOLD={self.redis_memory_merge_threshold}"
+                ": pairs at or above the merge threshold merge, those between the two link",
+            )
+
+    def _check_auth(self) -> None:
+        if self.redis_acl_enabled and not (self.username and self.password):
+            raise _problem(
+                "redis_acl_enabled",
+                True,
+                "false, or a named user: set REDIS_USER and REDIS_PASSWORD (or a "
+                "redis://user:pass@... URL) so zen never falls back to the default user",
+            )
+        if self.redis_sentinel_user and self.redis_sentinel_password is None:
+            raise _problem(
+                "redis_sentinel_user",
+                self.redis_sentinel_user,
+                "set together with REDIS_SENTINEL_PASSWORD (the sentinel ACL user's password)",
+            )
+
+    def _check_durability(self) -> None:
+        if (
+            self.redis_durability == "replicated"
+            and self.redis_durability_timeout_ms >= self.redis_socket_timeout * 1000
+        ):
+            raise _problem(
+                "redis_durability_timeout_ms",
+                self.redis_durability_timeout_ms,
+                f"milliseconds below REDIS_SOCKET_TIMEOUT={self.redis_socket_timeout:g} s: "
+                "WAIT must answer before the socket read gives up",
             )
 
     @staticmethod

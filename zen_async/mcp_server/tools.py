@@ -25,6 +25,13 @@ from zen_async.agents import (
 )
 from zen_async.conversations import ThreadContext
 from zen_async.errors import ZenError
+from zen_async.mcp_server.memory_outputs import (
+    ConsolidationOut,
+    MemoryAnalyticsOut,
+    MemoryHitOut,
+    MemoryOut,
+)
+from zen_async.memory import MemoryPriority, MemoryType
 from zen_async.services import Zen
 
 __all__ = ["TOOL_NAMES", "ZenProvider", "register_tools"]
@@ -39,6 +46,8 @@ TOOL_NAMES = (
     "agent_create", "agent_get", "agent_list", "agent_transition", "agent_heartbeat",
     "port_allocate", "port_release",
     "task_create", "task_get", "task_update", "task_list",
+    "memory_store", "memory_search", "memory_get", "memory_delete", "memory_consolidate",
+    "memory_analytics",
     "events_replay", "conversation_create", "conversation_add_turn", "conversation_get",
     "cache_get", "cache_set", "health", "metrics_query",
 )  # fmt: skip
@@ -130,6 +139,12 @@ def register_tools(server: MCPServer[Any], zen: ZenProvider | Zen) -> None:
         zen: an open Zen, or a function returning the open Zen at call time.
     """
     get: ZenProvider = (lambda: zen) if isinstance(zen, Zen) else zen
+    _register_core_tools(server, get)
+    _register_memory_tools(server, get)
+
+
+def _register_core_tools(server: MCPServer[Any], get: ZenProvider) -> None:
+    """Agents, ports, tasks, events, conversations, cache, health and metrics."""
     tool = server.tool
 
     @tool(name="agent_create", description="Create an agent in state 'initializing'.")
@@ -379,3 +394,101 @@ def register_tools(server: MCPServer[Any], zen: ZenProvider | Zen) -> None:
             )
             for p in points
         ]
+
+
+def _register_memory_tools(server: MCPServer[Any], get: ZenProvider) -> None:
+    """The memory tools (``zen.memory`` of the server's tenant)."""
+    tool = server.tool
+
+    @tool(
+        name="memory_store",
+        description="Store a memory (text, or a JSON object or array) for an agent, or in the "
+        "shared space with agent_id null; an exact duplicate is reinforced, not copied.",
+    )
+    @_zen_errors
+    async def memory_store(
+        agent_id: str | None,
+        content: str | dict[str, Any] | list[Any],
+        memory_type: MemoryType = MemoryType.WORKING,
+        priority: MemoryPriority = MemoryPriority.MEDIUM,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        vector: list[float] | None = None,
+    ) -> MemoryOut:
+        entry = await get().memory.store_memory(
+            agent_id,
+            content,
+            memory_type=memory_type,
+            priority=priority,
+            tags=tags or (),
+            metadata=metadata,
+            vector=vector,
+        )
+        return MemoryOut.of(entry)
+
+    @tool(
+        name="memory_search",
+        description="Memories most similar to a query text (or a 384-dim vector), most "
+        "relevant first; agent_id null searches the shared space alone.",
+    )
+    @_zen_errors
+    async def memory_search(
+        agent_id: str | None,
+        query: str | None = None,
+        vector: list[float] | None = None,
+        memory_types: list[MemoryType] | None = None,
+        tags: list[str] | None = None,
+        limit: int = 10,
+        similarity_threshold: float = 0.0,
+        include_shared: bool = True,
+    ) -> list[MemoryHitOut]:
+        hits = await get().memory.search_memories(
+            agent_id,
+            query,
+            vector=vector,
+            memory_types=memory_types,
+            tags=tags,
+            limit=limit,
+            similarity_threshold=similarity_threshold,
+            include_shared=include_shared,
+        )
+        return [MemoryHitOut.of(hit) for hit in hits]
+
+    @tool(
+        name="memory_get",
+        description="Get a memory by id (counting the read unless count_access is false).",
+    )
+    @_zen_errors
+    async def memory_get(
+        memory_id: str, count_access: bool = True, include_vector: bool = False
+    ) -> MemoryOut:
+        memory = get().memory
+        if count_access:
+            entry = await memory.retrieve_memory(memory_id)
+        else:
+            entry = await memory.get_memory(memory_id)
+        if entry is None:
+            raise ToolError(f"NotFoundError: memory {memory_id!r} does not exist or expired")
+        return MemoryOut.of(entry, with_vector=include_vector)
+
+    @tool(name="memory_delete", description="Delete a memory; false when it did not exist.")
+    @_zen_errors
+    async def memory_delete(memory_id: str) -> bool:
+        return await get().memory.delete_memory(memory_id)
+
+    @tool(
+        name="memory_consolidate",
+        description="Consolidate an agent's memories (agent_id null: the shared space): "
+        "forget expired and low-relevance ones, merge near-duplicates, promote, link.",
+    )
+    @_zen_errors
+    async def memory_consolidate(agent_id: str | None) -> ConsolidationOut:
+        return ConsolidationOut.of(await get().memory.consolidate(agent_id))
+
+    @tool(
+        name="memory_analytics",
+        description="Figures on an agent's memories (agent_id null: the shared space).",
+    )
+    @_zen_errors
+    async def memory_analytics(agent_id: str | None) -> MemoryAnalyticsOut:
+        return MemoryAnalyticsOut.of(await get().memory.get_memory_analytics(agent_id))

@@ -23,7 +23,7 @@ import zlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 import anyio
 import anyio.to_thread
@@ -33,6 +33,9 @@ import structlog
 
 from zen_async.errors import ConfigError, ConfigProblem, ValidationError
 from zen_async.memory.models import VECTOR_DIM
+
+if TYPE_CHECKING:
+    from zen_async.config import Settings
 
 __all__ = [
     "Embedder",
@@ -295,23 +298,17 @@ def _missing(package: str, exc: ImportError) -> ConfigError:
     )
 
 
-def embedder_from_settings(settings: object) -> Embedder:
+def embedder_from_settings(settings: Settings) -> Embedder:
     """The embedder the settings ask for.
 
     ``REDIS_MEMORY_EMBEDDER``: ``hashing`` (default) or ``sentence-transformers``;
     ``REDIS_MEMORY_EMBEDDING_MODEL``: a local path or cached model name (default: the
     bundled all-MiniLM-L6-v2); ``REDIS_MEMORY_EMBEDDING_BATCH_SIZE`` (default 64).
-
-    Raises:
-        ConfigError: an unknown embedder name.
+    :class:`Settings` has already refused any other embedder name.
     """
-    kind = str(getattr(settings, "redis_memory_embedder", "hashing") or "hashing").lower()
-    if kind == "hashing":
-        return HashingEmbedder()
-    if kind in ("sentence-transformers", "sentence_transformers", "minilm"):
-        model = getattr(settings, "redis_memory_embedding_model", None) or None
-        batch = int(getattr(settings, "redis_memory_embedding_batch_size", 64))
-        return SentenceTransformerEmbedder(model, batch_size=batch)
-    raise ConfigError(
-        [ConfigProblem("REDIS_MEMORY_EMBEDDER", kind, "'hashing' or 'sentence-transformers'")]
-    )
+    if settings.redis_memory_embedder == "sentence-transformers":
+        return SentenceTransformerEmbedder(
+            settings.redis_memory_embedding_model or None,
+            batch_size=settings.redis_memory_embedding_batch_size,
+        )
+    return HashingEmbedder()

@@ -197,9 +197,10 @@ def check_tags(tags: Sequence[str], limit: int) -> tuple[str, ...]:
     if len(out) > limit:
         raise ValidationError(f"{len(out)} tags given; at most {limit} are allowed")
     for tag in out:
-        if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+        if not isinstance(tag, str) or not _TAG.fullmatch(tag) or not _utf8(tag):
             raise ValidationError(
-                f"tag {tag!r} is invalid: use 1-64 characters, no control characters"
+                f"tag {tag!r} is invalid: use 1-64 characters (valid Unicode), no control "
+                "characters"
             )
     return out
 
@@ -247,7 +248,8 @@ def query_vector(vector: npt.ArrayLike) -> npt.NDArray[np.float32]:
         ValidationError: wrong dimension, NaN or infinity, all zeros, or not numeric.
     """
     try:
-        arr = np.asarray(vector, dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
+            arr = np.asarray(vector, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"vector is not a sequence of {VECTOR_DIM} numbers: {exc}") from exc
     if arr.shape != (VECTOR_DIM,):
@@ -332,3 +334,12 @@ def _text(value: Any) -> str:
 
 
 text = _text
+
+
+def _utf8(text: str) -> bool:
+    """False for a string that cannot be UTF-8 encoded (it holds a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

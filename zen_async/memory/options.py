@@ -1,19 +1,23 @@
 """The tunables of agent memory, in one frozen object.
 
-:meth:`MemoryOptions.from_settings` reads the ``REDIS_MEMORY_*`` settings (each with the
-default below when the field is absent); tests and embedders build one directly.
+:meth:`MemoryOptions.from_settings` reads the ``REDIS_MEMORY_*`` fields of
+:class:`~zen_async.config.Settings` (which validates them at start-up and has the defaults
+below); tests and embedders build one directly.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from zen_async.errors import ValidationError
 from zen_async.memory.models import MemoryPriority, MemoryType
+
+if TYPE_CHECKING:
+    from zen_async.config import Settings
 
 __all__ = ["DEFAULT_TTLS", "PRIORITY_SCORES", "TTL_MULTIPLIERS", "MemoryOptions"]
 
@@ -41,8 +45,6 @@ PRIORITY_SCORES: Final[Mapping[MemoryPriority, float]] = MappingProxyType(
     {P.CRITICAL: 1.0, P.HIGH: 0.75, P.MEDIUM: 0.5, P.LOW: 0.25, P.TEMPORARY: 0.0}
 )
 """The priority term ``p`` of the relevance formula."""
-
-_SETTINGS_TTL: Final = {t: f"redis_memory_ttl_{t.value}" for t in MemoryType}
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,30 +148,50 @@ class MemoryOptions:
         return replace(self, **changes)  # type: ignore[arg-type]
 
     @classmethod
-    def from_settings(cls, settings: object) -> MemoryOptions:
-        """Options from the ``REDIS_MEMORY_*`` settings; an absent field keeps its default.
+    def from_settings(cls, settings: Settings) -> MemoryOptions:
+        """Options from the ``REDIS_MEMORY_*`` settings (validated by :class:`Settings`).
 
-        TTL fields are ``redis_memory_ttl_<type>`` (seconds, 0 or None: never), multipliers
-        ``redis_memory_ttl_multiplier_<priority>``; every other option is
-        ``redis_memory_<option>``.
+        TTLs are ``REDIS_MEMORY_TTL_<TYPE>`` (seconds; ``none``: never expires), multipliers
+        ``REDIS_MEMORY_TTL_MULTIPLIER_<PRIORITY>``; every other option is
+        ``REDIS_MEMORY_<OPTION>``.
         """
-        values: dict[str, object] = {}
-        ttls = dict(DEFAULT_TTLS)
-        for memory_type, name in _SETTINGS_TTL.items():
-            if hasattr(settings, name):
-                raw = getattr(settings, name)
-                ttls[memory_type] = float(raw) if raw else None
-        values["ttls"] = ttls
-        multipliers = dict(TTL_MULTIPLIERS)
-        for priority in MemoryPriority:
-            name = f"redis_memory_ttl_multiplier_{priority.value}"
-            if hasattr(settings, name):
-                multipliers[priority] = float(getattr(settings, name))
-        values["ttl_multipliers"] = multipliers
-        for f in fields(cls):
-            if f.name in ("ttls", "ttl_multipliers"):
-                continue
-            name = f"redis_memory_{f.name}"
-            if hasattr(settings, name):
-                values[f.name] = getattr(settings, name)
-        return cls(**values)  # type: ignore[arg-type]
+        s = settings
+        return cls(
+            ttls={
+                T.SHORT_TERM: s.redis_memory_ttl_short_term,
+                T.WORKING: s.redis_memory_ttl_working,
+                T.LONG_TERM: s.redis_memory_ttl_long_term,
+                T.SHARED: s.redis_memory_ttl_shared,
+                T.PROCEDURAL: s.redis_memory_ttl_procedural,
+                T.EPISODIC: s.redis_memory_ttl_episodic,
+                T.SEMANTIC: s.redis_memory_ttl_semantic,
+            },
+            ttl_multipliers={
+                P.CRITICAL: s.redis_memory_ttl_multiplier_critical,
+                P.HIGH: s.redis_memory_ttl_multiplier_high,
+                P.MEDIUM: s.redis_memory_ttl_multiplier_medium,
+                P.LOW: s.redis_memory_ttl_multiplier_low,
+                P.TEMPORARY: s.redis_memory_ttl_multiplier_temporary,
+            },
+            weight_similarity=s.redis_memory_weight_similarity,
+            weight_recency=s.redis_memory_weight_recency,
+            weight_priority=s.redis_memory_weight_priority,
+            weight_access=s.redis_memory_weight_access,
+            weight_tags=s.redis_memory_weight_tags,
+            recency_half_life_accessed=s.redis_memory_recency_half_life_accessed,
+            recency_half_life_created=s.redis_memory_recency_half_life_created,
+            access_saturation=s.redis_memory_access_saturation,
+            merge_threshold=s.redis_memory_merge_threshold,
+            link_threshold=s.redis_memory_link_threshold,
+            max_links=s.redis_memory_max_links,
+            prune_threshold=s.redis_memory_prune_threshold,
+            promote_min_access=s.redis_memory_promote_min_access,
+            consolidation_interval=s.redis_memory_consolidation_interval,
+            max_content_bytes=s.redis_memory_max_content_bytes,
+            max_tags=s.redis_memory_max_tags,
+            shards=s.redis_memory_shards,
+            offload_rows=s.redis_memory_offload_rows,
+            sync_interval=s.redis_memory_sync_interval,
+            change_stream_max_len=s.redis_memory_change_stream_max_len,
+            max_spaces=s.redis_memory_max_spaces,
+        )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -17,6 +18,8 @@ from zen_async.memory.options import MemoryOptions
 from zen_async.store import Arg
 
 __all__ = ["Prepared", "enum_value", "prepare", "store_call", "stored"]
+
+_B64 = ("doc", "vector")
 
 
 @dataclass(slots=True)
@@ -36,6 +39,24 @@ class Prepared:
     ttl_ms: int
     text: str
     vector: bytes | None
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-safe fields, for the outage journal (bytes as base64)."""
+        out: dict[str, object] = {f: getattr(self, f) for f in self.__slots__}
+        for name in _B64:
+            out[name] = base64.b64encode(getattr(self, name) or b"").decode()
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Prepared:
+        """The inverse of :meth:`to_json`."""
+        values = dict(data)
+        for name in _B64:
+            values[name] = base64.b64decode(values[name])
+        values["memory_type"] = MemoryType(values["memory_type"])
+        values["priority"] = MemoryPriority(values["priority"])
+        values["tags"] = tuple(values["tags"])
+        return cls(**values)
 
 
 def prepare(item: NewMemory, layout: Layout, codec: Codec, options: MemoryOptions) -> Prepared:

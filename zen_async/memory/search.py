@@ -56,8 +56,9 @@ class Scan:
     limit: int
 
     def run(
-        self, indexes: list[SpaceIndex]
+        self, indexes: list[SpaceIndex], *, blas: bool = False
     ) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
+        """Scan each index (``blas``: BLAS is on one thread, see :class:`BlasGuard`)."""
         out = []
         for index in indexes:
             tag_rows = None if self.tags is None else index.tag_positions(self.tags)
@@ -69,6 +70,7 @@ class Scan:
                     tag_rows=tag_rows,
                     threshold=self.threshold,
                     k=self.limit,
+                    blas=blas,
                 )
             )
         return out
@@ -83,7 +85,7 @@ class Scan:
 
             def run() -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
                 with blas:
-                    return self.run(indexes)
+                    return self.run(indexes, blas=blas.single_threaded)
 
             found = await anyio.to_thread.run_sync(run)
             return self.resolve(indexes, found)  # before any writer may move a row

@@ -9,6 +9,8 @@ the change feeds by :meth:`AgentMemoryManager.run`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -19,6 +21,7 @@ import orjson
 import structlog
 
 from zen_async.codec import Codec
+from zen_async.degraded import JournalEntry
 from zen_async.errors import ConflictError, NotFoundError, ValidationError
 from zen_async.events import EventLog
 from zen_async.memory import layout as lay
@@ -29,6 +32,7 @@ from zen_async.memory.index import TYPE_CODES, BlasGuard
 from zen_async.memory.layout import SHARED_SPACE, Decoded, Layout, Row
 from zen_async.memory.models import (
     VECTOR_DIM,
+    ConsolidationReport,
     JSONValue,
     MemoryAnalytics,
     MemoryContent,
@@ -39,10 +43,11 @@ from zen_async.memory.models import (
     NewMemory,
 )
 from zen_async.memory.options import MemoryOptions
-from zen_async.memory.prepare import enum_value, prepare, store_call, stored
+from zen_async.memory.prepare import Prepared, enum_value, prepare, store_call, stored
 from zen_async.memory.search import Scan, rank
 from zen_async.memory.spaces import SpaceCache
 from zen_async.metrics.names import MEMORY_OPERATION_LATENCY
+from zen_async.redact import Redactor
 from zen_async.store import Arg, RedisManager
 
 if TYPE_CHECKING:
@@ -99,6 +104,7 @@ class AgentMemoryManager:
             )
         self._redis = redis
         self._metrics = metrics
+        self._redactor = Redactor.from_settings(redis.settings)
         self._codec: Codec = redis.codec
         self._layout = Layout(redis.keyspace("memory", tenant=tenant), self.options.shards)
         self._ks = self._layout.ks
@@ -135,7 +141,9 @@ class AgentMemoryManager:
         ``agent_id=None`` or ``memory_type=shared`` stores into the tenant's shared space.
         When the space already holds an entry of this type with the same content, that entry
         is returned instead, reinforced (access count + 1, expiry extended); this is atomic
-        across processes. Without ``vector`` the content is embedded.
+        across processes. Without ``vector`` the content is embedded. While Redis is
+        unreachable the store is journaled (docs/operations.md, degraded mode) and the entry
+        returned is stamped by this machine's clock until the journal is replayed.
 
         Raises:
             ValidationError: a bad agent id, content, tags, metadata or vector (wrong
@@ -153,12 +161,31 @@ class AgentMemoryManager:
         Raises:
             ValidationError: any bad item; then nothing is written.
         """
-        prepared = [prepare(item, self._layout, self._codec, self.options) for item in items]
+        prepared = [
+            prepare(self._redacted(item), self._layout, self._codec, self.options)
+            for item in items
+        ]
         missing = [p for p in prepared if p.vector is None]
         if missing:
             vectors = await self.embedder.embed([p.text for p in missing])
             for p, v in zip(missing, vectors, strict=True):
                 p.vector = lay.vector_bytes(v)
+        return await self._redis.degraded.write(
+            "memory.store",
+            self.namespace,
+            {"items": [p.to_json() for p in prepared]},
+            lambda: self._store(prepared),
+            lambda _entry: [self._entry(_offline(p)) for p in prepared],
+        )
+
+    def _redacted(self, item: NewMemory) -> NewMemory:
+        """``item`` with the sensitive fields of its metadata redacted (REDIS_REDACT_FIELDS)."""
+        if item.metadata is None:
+            return item
+        metadata = self._redactor.redact(item.metadata, what="memory metadata")
+        return item if metadata is item.metadata else dataclasses.replace(item, metadata=metadata)
+
+    async def _store(self, prepared: Sequence[Prepared]) -> list[MemoryEntry]:
         hint = self._layout.channel if len(prepared) == 1 else ""
         calls = [store_call(p, self._layout, self.options, hint) for p in prepared]
         with self._timed("store"):
@@ -170,6 +197,11 @@ class AgentMemoryManager:
         self._cache.saw_server_time(max(d.last_accessed_ms for d in decoded))
         await self._cache.put(decoded)
         return [self._entry(d) for d in decoded]
+
+    async def replay_journaled(self, entry: JournalEntry) -> None:
+        """Store memories journaled during an outage, once: a store of the same memory id
+        that already happened changes nothing (``memory_store.lua``)."""
+        await self._store([Prepared.from_json(item) for item in entry.args["items"]])
 
     def _entry(self, d: Decoded) -> MemoryEntry:
         vector = d.vector.copy()
@@ -305,7 +337,11 @@ class AgentMemoryManager:
         if content is not None or metadata is not None:
             old = orjson.loads(Codec.decode(row.doc))
             new_content = old["c"] if content is None else content
-            new_metadata = old["m"] if metadata is None else metadata
+            new_metadata = (
+                old["m"]
+                if metadata is None
+                else self._redactor.redact(metadata, what="memory metadata")
+            )
             doc, raw = lay.encode_doc(
                 self._codec, new_content, new_metadata, self.options.max_content_bytes
             )
@@ -397,7 +433,8 @@ class AgentMemoryManager:
                 hits = await scan.in_thread(indexes, self._blas)
             else:
                 with self._blas:
-                    hits = scan.resolve(indexes, scan.run(indexes))
+                    found = scan.run(indexes, blas=self._blas.single_threaded)
+                hits = scan.resolve(indexes, found)
             return rank(hits, scan, self.namespace, self.options)
 
     # --- consolidation, analytics, sync -----------------------------------------------------
@@ -413,9 +450,18 @@ class AgentMemoryManager:
             ValidationError: a bad agent id.
             BackendError: Redis failed (counted as a consolidation failure for the alerts).
         """
+        return (await self.consolidate(agent_id)).removed
+
+    async def consolidate(self, agent_id: str | None) -> ConsolidationReport:
+        """:meth:`consolidate_memories`, returning the full report (expired, pruned, merged,
+        promoted and linked counts) instead of the number removed.
+
+        Raises:
+            ValidationError: a bad agent id.
+            BackendError: Redis failed (counted as a consolidation failure for the alerts).
+        """
         with self._timed("consolidate"):
-            report = await self._consolidator.consolidate(lay.space_of(agent_id))
-        return report.removed
+            return await self._consolidator.consolidate(lay.space_of(agent_id))
 
     async def get_memory_analytics(self, agent_id: str | None) -> MemoryAnalytics:
         """Figures on a space (``None``: the shared space), from a fresh read of Redis.
@@ -444,3 +490,10 @@ class AgentMemoryManager:
             tasks.start_soon(self._cache.follow)
             if interval > 0:
                 tasks.start_soon(self._consolidator.periodic, interval)
+
+
+def _offline(p: Prepared) -> Decoded:
+    """The entry a journaled store will create, stamped by this machine's clock (the server
+    stamps its own when the journal is replayed)."""
+    now = int(time.time() * 1000)
+    return stored(p, [1, p.memory_id, now, now + p.ttl_ms if p.ttl_ms else 0])

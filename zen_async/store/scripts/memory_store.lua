@@ -26,7 +26,8 @@
 -- ARGV[15] shard number (the hint's payload)
 --
 -- Returns {1, id, now_ms, expires_ms} for a new entry, or {0, existing_id, now_ms,
--- [field, value, ...]} for a reinforced duplicate. Errors: "CONFLICT <id> exists".
+-- [field, value, ...]} for a reinforced duplicate, or for this same id stored already (then
+-- nothing changes: a replay of the same store applies once). Errors: "CONFLICT <id> exists".
 local t = redis.call("TIME")
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local P, id, space = ARGV[1], ARGV[2], ARGV[4]
@@ -40,6 +41,10 @@ local function change(op, memory_id, version, extra)
 end
 
 local existing = redis.call("GET", KEYS[2])
+if existing == id and redis.call("EXISTS", KEYS[1]) == 1 then
+  -- This very store sent again (a replayed journal entry): it changes nothing.
+  return {0, id, now, redis.call("HGETALL", KEYS[1])}
+end
 if existing then
   local ekey = P .. "e:" .. existing
   if redis.call("EXISTS", ekey) == 1 then
