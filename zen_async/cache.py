@@ -42,6 +42,7 @@ log = structlog.get_logger(__name__)
 MAX_KEY_BYTES: Final = 1024
 """The longest cache key (or NATS connection / Temporal workflow id) accepted, UTF-8 encoded."""
 
+_MAX_TTL: Final = 10 * 365 * 86400  # seconds; beyond, Redis refuses the expiry or it overflows
 _MAX_BLOCK: Final = 1.0  # seconds one BLPOP may block before the waiter looks again
 
 
@@ -386,7 +387,13 @@ class Cache:
 def _check_key(value: object, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValidationError(f"{what}={value!r} is invalid: expected a non-empty str")
-    size = len(value.encode())
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:
+        raise ValidationError(
+            f"{what}={value!r} is invalid: expected text that UTF-8 can encode (it holds a "
+            "lone surrogate)"
+        ) from None
     if size > MAX_KEY_BYTES:
         raise ValidationError(
             f"{what} is {size} bytes long (UTF-8); at most {MAX_KEY_BYTES} are accepted"
@@ -399,9 +406,10 @@ def _ttl_ms(seconds: object, *, what: str = "ttl") -> int:
         isinstance(seconds, bool)
         or not isinstance(seconds, int | float)
         or not math.isfinite(seconds)
-        or seconds <= 0
+        or not 0 < seconds <= _MAX_TTL
     ):
         raise ValidationError(
-            f"{what}={seconds!r} is invalid: expected a positive number of seconds"
+            f"{what}={seconds!r} is invalid: expected a positive number of seconds, at most "
+            f"{_MAX_TTL} (10 years)"
         )
     return max(1, math.ceil(seconds * 1000))

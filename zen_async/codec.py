@@ -98,11 +98,16 @@ def encode_vector(vector: npt.ArrayLike, *, dim: int) -> bytes:
     Raises:
         ValidationError: wrong dimension, NaN or infinity, or all zeros.
     """
-    arr = np.asarray(vector, dtype=_F32_LE)
+    # A component beyond float32's range becomes infinity (refused below), not a warning.
+    with np.errstate(over="ignore"):
+        arr = np.asarray(vector, dtype=_F32_LE)
     if arr.ndim != 1 or arr.shape[0] != dim:
         raise ValidationError(f"vector has shape {arr.shape}, expected ({dim},) float32")
     if not np.isfinite(arr).all():
-        raise ValidationError("vector contains NaN or infinity; every component must be finite")
+        raise ValidationError(
+            "vector contains NaN or infinity (or a value beyond float32's range, 3.4e38); "
+            "every component must be finite"
+        )
     if not arr.any():
         raise ValidationError("vector is all zeros; it has no direction to compare by")
     return arr.tobytes()

@@ -457,6 +457,14 @@ def _check_name(what: str, value: object) -> str:
             f"{what}={value!r} is invalid: expected a non-empty str of at most "
             f"{_MAX_TOOL_NAME} characters"
         )
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValidationError(
+                f"{what}={value!r} is invalid: expected text that UTF-8 can encode (it holds "
+                "a lone surrogate)"
+            ) from None
     return value
 
 

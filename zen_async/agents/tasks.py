@@ -37,6 +37,11 @@ Events: with an :class:`~zen_async.events.EventLog`, each status change of a tas
 agent is published to that agent's audit trail as ``task_<status>`` *after* the task is
 written: best effort, not atomic with the write (a crash in between loses the event, never
 the change).
+
+Data protection: a task's ``request`` and ``result`` are caller payloads, so fields named in
+``REDIS_REDACT_FIELDS`` (``api_key``, ``password``, ``token``...; see :mod:`zen_async.redact`)
+are stored as ``"[redacted]"`` and read back that way; the returned :class:`AgentTask` shows
+what was stored. An ``error`` text and message contents are free text and stored as given.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ from zen_async.errors import (
     ValidationError,
     ZenError,
 )
+from zen_async.redact import Redactor
 from zen_async.store import Arg, Keyspace, RedisManager
 
 if TYPE_CHECKING:
@@ -254,6 +260,7 @@ class AgentTaskManager:
             raise ValidationError(f"max_messages={max_messages!r}: expected an integer >= 1")
         self._ks: Keyspace = redis.keyspace("tasks", tenant=tenant)
         self._codec = redis.codec
+        self._redactor = Redactor.from_settings(redis.settings)
         self._ports = ports
         self._events = events
         self._sweep_interval = float(sweep_interval)
@@ -292,7 +299,8 @@ class AgentTaskManager:
 
         Args:
             agent_type: who may claim it (1-64 characters of ``a-z 0-9 _ . -``).
-            request: the payload, a JSON object of at most :data:`MAX_PAYLOAD_BYTES`.
+            request: the payload, a JSON object of at most :data:`MAX_PAYLOAD_BYTES`;
+                sensitive fields (``REDIS_REDACT_FIELDS``) are stored as ``"[redacted]"``.
             priority: higher is claimed first (|priority| <= 10^9); FIFO within a priority.
             timeout_seconds: how long it may take from its claim (0 < t <= 30 days).
             task_id: the id (default: a new UUID).
@@ -317,7 +325,7 @@ class AgentTaskManager:
             ValidationError: any bad spec, or an id given twice (then nothing is written).
             ConflictError: the first id that was taken (the others were created).
         """
-        prepared = [_prepare(spec, self._codec) for spec in specs]
+        prepared = [_prepare(spec, self._codec, self._redactor) for spec in specs]
         ids = [p.task_id for p in prepared]
         if len(set(ids)) != len(ids):
             twice = sorted(i for i, n in Counter(ids).items() if n > 1)
@@ -585,13 +593,16 @@ class AgentTaskManager:
     async def complete(
         self, task_id: str, result: Any, *, expected_version: int | None = None
     ) -> AgentTask:
-        """Store the result of a running task and move it to ``completed``.
+        """Store the result of a running task and move it to ``completed``. Sensitive fields
+        of ``result`` (``REDIS_REDACT_FIELDS``) are stored as ``"[redacted]"``.
 
         Raises:
             ValidationError: a result that is not JSON or is too large.
             NotFoundError, ConflictError, InvalidTransitionError: as :meth:`update_status`.
         """
-        encoded = _encode_payload(result, "result", self._codec)
+        encoded = _encode_payload(
+            self._redactor.redact(result, what="result"), "result", self._codec
+        )
         return await self._change(
             task_id, T.COMPLETED, expected_version=expected_version, result=encoded
         )
@@ -610,6 +621,7 @@ class AgentTaskManager:
                 f"error of {len(error) if isinstance(error, str) else type(error).__name__}: "
                 f"expected a message of 1-{_MAX_ERROR_CHARS} characters"
             )
+        _check_utf8(error, "error")
         return await self._change(task_id, T.FAILED, expected_version=expected_version, error=error)
 
     async def cancel(self, task_id: str, *, expected_version: int | None = None) -> AgentTask:
@@ -726,6 +738,7 @@ class AgentTaskManager:
                 f"content of {len(content) if isinstance(content, str) else type(content).__name__}"
                 f": expected a string of at most {_MAX_CONTENT_CHARS} characters"
             )
+        _check_utf8(content, "content")
         try:
             entry = await self._ks.run_script(
                 "task_message",
@@ -961,7 +974,7 @@ class _Prepared:
     timeout_ms: int
 
 
-def _prepare(spec: TaskSpec, codec: Codec) -> _Prepared:
+def _prepare(spec: TaskSpec, codec: Codec, redactor: Redactor) -> _Prepared:
     validate_agent_type(spec.agent_type)
     if spec.task_id is not None:
         _check_task_id(spec.task_id)
@@ -975,11 +988,12 @@ def _prepare(spec: TaskSpec, codec: Codec) -> _Prepared:
         raise ValidationError(
             f"timeout_seconds={timeout!r}: expected seconds above 0, at most {_MAX_TIMEOUT:g}"
         )
+    request = redactor.redact(spec.request, what="request")
     return _Prepared(
         task_id=spec.task_id or uuid.uuid4().hex,
         agent_type=spec.agent_type,
-        request=spec.request,
-        request_bytes=_encode_payload(spec.request, "request", codec),
+        request=request,
+        request_bytes=_encode_payload(request, "request", codec),
         priority=priority,
         timeout_ms=max(1, math.ceil(timeout * 1000)),
     )
@@ -1006,6 +1020,18 @@ def _check_task_id(task_id: object) -> str:
             f"task id {task_id!r} is invalid: use 1-128 characters from A-Z a-z 0-9 _ . : -"
         )
     return task_id
+
+
+def _check_utf8(text: str, what: str) -> None:
+    """Refuse text UTF-8 cannot encode (a lone surrogate) before it reaches the wire."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            raise ValidationError(
+                f"{what} holds a lone surrogate at position {exc.start}: expected text that "
+                "UTF-8 can encode"
+            ) from None
 
 
 def _check_agent(agent_id: object) -> str:

@@ -1,6 +1,11 @@
 """The event log on Redis Streams: publish (at most once per idempotency key), agent events
 with a per-agent audit trail and a pub/sub hint, replay, and trimming that never drops an
 entry a consumer group still needs.
+
+Data protection: the ``data`` of every event published here (by a caller or by another
+service) has its sensitive fields (``REDIS_REDACT_FIELDS``, see :mod:`zen_async.redact`)
+replaced by ``"[redacted]"`` before it is written or journaled. Internal events therefore
+avoid those names for data they need back (the port allocator's ``fencing_token``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from zen_async.events.envelope import (
     validate_agent_id,
     validate_stream_name,
 )
+from zen_async.redact import Redactor
 from zen_async.store import Keyspace, RedisManager
 
 if TYPE_CHECKING:
@@ -114,6 +120,7 @@ class EventLog:
         self.audit_max_len = audit_max_len
         self._idem_ttl_ms = int(idempotency_ttl * 1000)
         self._trim_interval = trim_interval
+        self._redactor = Redactor.from_settings(redis.settings)
         self._published: set[str] = set()  # named streams this process wrote: trimmed by run()
 
     @property
@@ -193,13 +200,14 @@ class EventLog:
         With an ``idempotency_key`` a retried publish is never appended twice: the id of the
         first append is returned. While Redis is unreachable the publish is journaled and
         appended on recovery, exactly once; the id returned is then ``journal:<op id>``.
+        Sensitive fields of ``data`` (``REDIS_REDACT_FIELDS``) are stored as ``"[redacted]"``.
 
         Raises:
             ValidationError: a bad name, type, agent id, key, or data that is not JSON.
             CapacityError: Redis is unreachable and the outage journal is full.
         """
         ref = self.stream(stream)
-        event = NewEvent(event_type, data, agent_id, idempotency_key)
+        event = self._protect(NewEvent(event_type, data, agent_id, idempotency_key))
         self._publish_call(ref, event, audit=False, hint=False)  # validates before journaling
         return await self._journaled(
             "events.publish", stream, event, lambda: self._append(ref, event)
@@ -231,7 +239,7 @@ class EventLog:
         """Append a journaled event, exactly once: its idempotency key is the caller's, or
         one made of the op id."""
         a = entry.args
-        event = NewEvent(a["type"], a["data"], a["agent_id"], a["idempotency_key"])
+        event = self._protect(NewEvent(a["type"], a["data"], a["agent_id"], a["idempotency_key"]))
         if event.idempotency_key is None:
             event = dataclasses.replace(event, idempotency_key=f"journal/{entry.op_id}")
         if entry.kind == "events.publish_agent_event":
@@ -247,7 +255,7 @@ class EventLog:
             ValidationError: any bad event (nothing is appended then).
         """
         ref = self.stream(stream)
-        calls = [self._publish_call(ref, e, audit=False, hint=False) for e in events]
+        calls = [self._publish_call(ref, self._protect(e), audit=False, hint=False) for e in events]
         ids = await ref.ks.run_script_many("event_publish", calls)
         await self._note_stream(ref)
         return [_text(i) for i in ids]
@@ -287,7 +295,7 @@ class EventLog:
             CapacityError: Redis is unreachable and the outage journal is full.
         """
         ref = self.agent_stream(validate_agent_id(agent_id))
-        event = NewEvent(event_type, data, agent_id, idempotency_key)
+        event = self._protect(NewEvent(event_type, data, agent_id, idempotency_key))
         self._publish_call(ref, event, audit=True, hint=True)  # validates before journaling
         return await self._journaled(
             "events.publish_agent_event",
@@ -303,6 +311,11 @@ class EventLog:
             "event_publish", keys, args, idempotent=event.idempotency_key is not None
         )
         return _text(entry_id)
+
+    def _protect(self, event: NewEvent) -> NewEvent:
+        """``event`` with its data's sensitive fields redacted (itself when none match)."""
+        data = self._redactor.redact(event.data, what="event data")
+        return event if data is event.data else dataclasses.replace(event, data=data)
 
     def _publish_call(
         self, ref: StreamRef, event: NewEvent, *, audit: bool, hint: bool
