@@ -10,8 +10,10 @@ import random
 import sys
 import textwrap
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 
+import orjson
 import pytest
 
 from zen_async import (
@@ -23,9 +25,21 @@ from zen_async import (
     ZenError,
     open_zen,
 )
-from zen_async.agents.models import TRANSITIONS, AgentSpec, LifecycleState
+from zen_async.agents._shards import shard_chunks, shard_of
+from zen_async.agents.models import (
+    TRANSITIONS,
+    AgentCapabilities,
+    AgentPerformance,
+    AgentRecord,
+    AgentSpec,
+    LifecycleState,
+    TransitionResult,
+)
+from zen_async.agents.ports import PortAllocator
 from zen_async.agents.state import AgentStateManager
 from zen_async.events import Event
+from zen_async.events.envelope import agent_shard
+from zen_async.store import Message
 from zen_async.testing.deployments import Target
 
 S = LifecycleState
@@ -173,7 +187,7 @@ async def test_two_processes_never_lose_an_update(standalone: Target, tmp_path: 
             except ConflictError:
                 pass
         out, _ = await child.communicate()
-        child_wins = int(out.decode().strip())
+        child_wins = int(out.decode().split()[-1])  # its last line (logs may precede it)
         stored = await zen.agents.get_agent("shared")
     assert stored is not None
     # Every version was won by exactly one writer: the count of wins is the version delta,
@@ -383,3 +397,195 @@ async def test_a_thousand_agents_through_full_lifecycles(target: Target) -> None
         assert sum(counts.values()) == 1000
         records = await agents.get_agents(ids)
         assert all(r is not None and r.version == 6 for r in records)
+
+
+# --- bulk paths ---------------------------------------------------------------------------------
+
+
+async def test_bulk_read_records_equal_fully_validated_ones(zen: Zen) -> None:
+    agents = zen.agents
+    specs = [
+        AgentSpec(
+            agent_type="rich",
+            agent_id=f"rich-{i}",
+            capabilities=AgentCapabilities(
+                supported_operations=["plan", "code"][: i % 3],
+                max_concurrent_tasks=1 + i,
+                port_range=(4000 + i, 4100 + i) if i % 2 else None,
+            ),
+            metadata={"i": i, "tags": ["a", "b"], "nested": {"x": [1, 2.5, None]}},
+            host=f"host-{i}" if i % 2 else None,
+            pid=1000 + i if i % 3 else None,
+        )
+        for i in range(6)
+    ]
+    created = await agents.create_agents(specs)
+    await agents.update_agent(
+        "rich-1",
+        current_task_id="task-1",
+        allocated_resources={"gpu": 1},
+        performance=AgentPerformance(tasks_completed=3, total_processing_time=4.5),
+    )
+    await agents.heartbeat("rich-2", memory_mb=256.5, cpu_percent=7.5, connections=4)
+    await agents.transition("rich-3", "ready")
+    stored = await agents.get_agents([s.agent_id or "" for s in specs])
+    for record in [*created, *stored]:
+        assert record is not None
+        # the fast construction skips validation: it must build what validation would
+        assert AgentRecord.model_validate(record.model_dump()) == record
+        assert (
+            record.model_dump()
+            == AgentRecord.model_validate_json(record.model_dump_json()).model_dump()
+        )
+    assert stored[0] == created[0], "a record reads back as create_agents returned it"
+    one, two, three = stored[1], stored[2], stored[3]
+    assert one is not None
+    assert two is not None
+    assert three is not None
+    assert one.capabilities.port_range == (4001, 4101)
+    assert (one.current_task_id, one.allocated_resources) == ("task-1", {"gpu": 1})
+    assert (one.performance.tasks_completed, one.performance.total_processing_time) == (3, 4.5)
+    assert (two.performance.memory_mb, two.performance.connections) == (256.5, 4)
+    assert (three.lifecycle_state, three.version) == (S.READY, 2)
+    copied = one.model_copy(update={"metadata": {"new": True}})
+    assert copied.metadata == {"new": True}
+    assert one.metadata["i"] == 1, "a copy leaves the record it was made from alone"
+
+
+async def test_create_agents_names_the_first_existing_id_and_creates_the_others(
+    zen: Zen,
+) -> None:
+    agents = zen.agents
+    await agents.create_agent("dup", agent_id="dup-old")
+    ids = ["dup-new", "dup-old", *[f"dup-{i}" for i in range(30)], "dup-new"]
+    with pytest.raises(ConflictError, match="agent dup-old already exists"):
+        await agents.create_agents([AgentSpec(agent_type="dup", agent_id=i) for i in ids])
+    records = await agents.get_agents(ids)
+    assert all(r is not None for r in records)
+    trail = await zen.events.audit_trail("dup-new")
+    assert [e.type for e in trail] == ["agent_created"], "a repeated id is created once"
+    counts = await agents.count_by_state(agent_type="dup")
+    assert counts[S.INITIALIZING] == 32
+
+
+async def test_transition_many_keeps_order_and_reports_each_refusal_in_place(
+    target: Target,
+) -> None:
+    # A batch size of 3 splits one shard's agents over several calls: their order must hold.
+    async with open_zen(target.settings(redis_pipeline_batch_size=3)) as zen:
+        agents = zen.agents
+        ids = [f"order-{i}" for i in range(20)]
+        await agents.create_agents([AgentSpec(agent_type="order", agent_id=i) for i in ids])
+        moves: list[tuple[str, LifecycleState | str, int | None]] = []
+        for agent_id in ids:
+            moves += [(agent_id, "ready", 1), (agent_id, "running", None), (agent_id, "paused", 3)]
+        moves += [
+            ("order-0", "initializing", None),  # paused -> initializing: refused
+            ("order-1", "ready", 1),  # stale expected version
+            ("order-missing", "ready", None),
+        ]
+        results = await agents.transition_many(moves, reason="bulk")
+        done = [r for r in results[:60] if isinstance(r, TransitionResult)]
+        assert len(done) == 60
+        for n, agent_id in enumerate(ids):
+            steps = results[3 * n : 3 * n + 3]
+            assert [(r.agent_id, r.version) for r in steps if isinstance(r, TransitionResult)] == [
+                (agent_id, 2),
+                (agent_id, 3),
+                (agent_id, 4),
+            ]
+        invalid, conflict, missing = results[60:]
+        assert isinstance(invalid, InvalidTransitionError)
+        assert "cannot go from paused to initializing" in str(invalid)
+        assert isinstance(conflict, ConflictError)
+        assert "order-1 is at version 4, expected 1" in str(conflict)
+        assert isinstance(missing, NotFoundError)
+        records = await agents.get_agents(ids)
+        assert all(
+            r is not None and (r.lifecycle_state, r.version) == (S.PAUSED, 4) for r in records
+        )
+        for agent_id in ids[:3]:
+            trail = await zen.events.audit_trail(agent_id)
+            assert [e.data.get("to") for e in trail] == [
+                "initializing",
+                "ready",
+                "running",
+                "paused",
+            ]
+            assert all(e.data.get("reason") == "bulk" for e in trail[1:])
+        assert (await agents.count_by_state(agent_type="order"))[S.PAUSED] == 20
+
+
+async def test_a_bulk_call_sends_its_hints_as_one_message_and_wakes_waiters(
+    target: Target,
+) -> None:
+    async with open_zen(target.settings()) as watcher, open_zen(target.settings()) as actor:
+        ids = [f"woken-{i}" for i in range(40)]
+        await actor.agents.create_agents([AgentSpec(agent_type="w", agent_id=i) for i in ids])
+        waits = [
+            asyncio.create_task(watcher.agents.wait_for_state(i, ["ready"], timeout=20))
+            for i in ids
+        ]
+        async with actor.redis.subscribe(actor.events.agent_channel) as hints:
+            results = await actor.agents.transition_many([(i, "ready", None) for i in ids])
+            seen: list[dict[str, object]] = []
+            messages = 0
+            async with asyncio.timeout(10):
+                async for item in hints:
+                    if isinstance(item, Message):
+                        decoded = orjson.loads(item.data)  # one hint, or a list of several
+                        batch = decoded if isinstance(decoded, list) else [decoded]
+                        # (on Cluster, hints of the creation may arrive after subscribing)
+                        changes = [h for h in batch if h["type"] == "state_changed"]
+                        seen += changes
+                        messages += bool(changes)
+                    if len(seen) == len(ids):
+                        break
+        shards = {agent_shard(i, actor.agents.shards) for i in ids}
+        assert messages == len(shards), "one message per call (a shard's agents), not per agent"
+        events = {r.agent_id: r.event_id for r in results if isinstance(r, TransitionResult)}
+        assert sorted((h["agent"], h["id"]) for h in seen) == sorted(events.items())
+        assert {(h["type"], h["to"], h["version"]) for h in seen} == {("state_changed", "ready", 2)}
+        assert await asyncio.gather(*waits) == [S.READY] * len(ids)
+
+
+async def test_heartbeats_report_each_agent_and_renew_its_port_leases(zen: Zen) -> None:
+    short = PortAllocator(zen.redis, host="hb-a", lease_ttl=5.0)
+    long = PortAllocator(zen.redis, host="hb-a", lease_ttl=600.0)
+    agents = AgentStateManager(zen.redis, zen.events, ports=long)
+    ids = [f"hb-{i}" for i in range(12)]
+    await agents.create_agents([AgentSpec(agent_type="hb", agent_id=i) for i in ids])
+    for target_state in (S.READY, S.TERMINATING, S.TERMINATED):
+        await agents.transition("hb-0", target_state)
+    before = {}
+    for agent_id in ids[1:6]:
+        await short.allocate(agent_id)
+        await short.allocate(agent_id, host="hb-b")
+        before[agent_id] = {
+            (lease.host, lease.port): lease for lease in await short.leases(agent_id)
+        }
+    results = await agents.heartbeats([*ids, "hb-missing"], memory_mb=64.0)
+    assert results[0] is None, "a terminated agent has no lease"
+    assert all(isinstance(r, datetime) for r in results[1:12])
+    assert isinstance(results[12], NotFoundError)
+    for agent_id, leases in before.items():
+        after = await short.leases(agent_id)
+        assert len(after) == 2
+        for lease in after:
+            # renewed by the heartbeat with the long allocator's TTL
+            assert lease.expires_at > leases[(lease.host, lease.port)].expires_at
+    record = await agents.get_agent("hb-7")
+    assert record is not None
+    assert record.performance.memory_mb == 64.0
+
+
+def test_shards_of_the_bulk_paths_match_the_event_envelope() -> None:
+    ids = [f"agent-{i}" for i in range(500)] + ["x", "a:b", "Z.9_-"]
+    for shards in (1, 3, 16, 1024):
+        assert [shard_of(i, shards) for i in ids] == [agent_shard(i, shards) for i in ids]
+    chunks = shard_chunks(ids, 16, 7)
+    assert sorted(p for _, positions in chunks for p in positions) == list(range(len(ids)))
+    for shard, positions in chunks:
+        assert len(positions) <= 7
+        assert positions == sorted(positions)
+        assert all(agent_shard(ids[p], 16) == shard for p in positions)

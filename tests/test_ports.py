@@ -163,6 +163,27 @@ async def test_renew_agent_and_release_agent_cover_every_host(zen: Zen) -> None:
     assert await alloc.leases("worker-2") == [theirs], "another agent's lease is untouched"
 
 
+async def test_renew_agents_renews_many_agents_on_every_host_in_few_calls(zen: Zen) -> None:
+    # Two allocators of the same ports: one leasing for 5 s, one renewing for 10 minutes.
+    short = PortAllocator(zen.redis, host="bulk-a", lease_ttl=5.0)
+    long = PortAllocator(zen.redis, host="bulk-a", lease_ttl=600.0)
+    holders = [f"bulk-{i}" for i in range(40)]
+    before: dict[tuple[str, int], PortLease] = {}
+    for i, agent_id in enumerate(holders):
+        for host in ["bulk-a", "bulk-b"][: 1 + i % 2]:
+            lease = await short.allocate(agent_id, host=host, port_range=(9000, 9200))
+            before[(host, lease.port)] = lease
+    released = await short.allocate("bulk-gone", port_range=(9000, 9200))
+    await short.release(released)
+    counts = await long.renew_agents([*holders, "bulk-gone", "bulk-none", holders[0]])
+    assert counts == [1 + i % 2 for i in range(40)] + [0, 0, 1]
+    for agent_id in holders:
+        for lease in await short.leases(agent_id):
+            assert lease.expires_at > before[(lease.host, lease.port)].expires_at
+    with pytest.raises(ValidationError):
+        await long.renew_agents(["fine", "bad/id"])
+
+
 async def test_not_bindable_port_is_quarantined_not_handed_out(zen: Zen) -> None:
     alloc = PortAllocator(zen.redis, check_bindable=True)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
@@ -326,9 +347,13 @@ async def test_on_event_is_awaited_after_allocate_release_and_reclaim(szen: Zen)
 
     alloc = PortAllocator(szen.redis, host="node-a", lease_ttl=0.2, on_event=record)
     kept = await alloc.allocate("a", port_range=(4000, 4010))
-    assert events == [("port_allocated", "a", {"port": 4000, "host": "node-a", "token": 1})]
+    assert events == [("port_allocated", "a", {"port": 4000, "host": "node-a", "fencing_token": 1})]
     assert await alloc.release(kept)
-    assert events[-1] == ("port_released", "a", {"port": 4000, "host": "node-a", "token": 1})
+    assert events[-1] == (
+        "port_released",
+        "a",
+        {"port": 4000, "host": "node-a", "fencing_token": 1},
+    )
     await alloc.allocate("b", port_range=(4000, 4010))
 
     async def reclaimed() -> bool:
@@ -336,7 +361,11 @@ async def test_on_event_is_awaited_after_allocate_release_and_reclaim(szen: Zen)
         return events[-1][0] == "port_reclaimed"
 
     await wait_for(reclaimed, what="the expired lease reclaimed")
-    assert events[-1] == ("port_reclaimed", "b", {"port": 4000, "host": "node-a", "token": 2})
+    assert events[-1] == (
+        "port_reclaimed",
+        "b",
+        {"port": 4000, "host": "node-a", "fencing_token": 2},
+    )
 
     async def broken(event_type: str, agent_id: str, data: dict[str, Any]) -> None:
         raise RuntimeError("audit sink down")

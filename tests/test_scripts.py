@@ -1,4 +1,5 @@
-"""The Lua script registry: headers, idempotency declarations, shared includes."""
+"""The Lua script registry: headers, idempotency declarations, shared includes; and the bulk
+write script of Keyspace.set_many on every topology."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from zen_async import ConfigError
+from zen_async import ConfigError, Zen
 from zen_async.store.scripts import ScriptRegistry
 
 
@@ -47,3 +48,31 @@ def test_every_shipped_script_loads_with_its_header() -> None:
     assert "agent_transition" in registry
     assert "emit_agent_event" in registry["agent_transition"].source
     assert all(len(s.sha) == 40 for s in registry.values())
+
+
+def test_bulk_agent_scripts_share_the_transition_and_event_code() -> None:
+    registry = ScriptRegistry.load()
+    for name in ("agent_transition", "agent_transition_many"):
+        source = registry[name].source
+        assert "local function transition_agent(" in source
+        assert "local function publish_hints(" in source
+    assert registry["kv_set_many"].idempotent
+    assert registry["agent_get"].idempotent
+    assert registry["agent_heartbeat"].idempotent
+    assert not registry["agent_create"].idempotent
+
+
+async def test_set_many_writes_every_value_and_ttl_on_every_topology(zen: Zen) -> None:
+    ks = zen.redis.keyspace("cache")
+    tagged = {ks.key("{bulk}", f"t{i}"): f"tagged-{i}".encode() for i in range(1100)}  # by Lua
+    spread = {ks.key(f"s{i}"): i for i in range(300)}  # spread over slots on Cluster
+    await ks.set_many({**tagged, **spread}, ttl_ms=600_000)
+    assert await ks.mget(list(tagged)) == list(tagged.values())
+    assert await ks.mget(list(spread)) == [str(v).encode() for v in spread.values()]
+    for key in (*list(tagged)[::250], *list(spread)[::100]):
+        assert 0 < await ks.execute("PTTL", key) <= 600_000
+    plain = {ks.key("{plain}", f"p{i}"): b"v" for i in range(20)}
+    await ks.set_many(plain)  # no TTL: MSET
+    assert await ks.execute("PTTL", next(iter(plain))) == -1
+    assert await ks.mget(list(plain)) == [b"v"] * 20
+    await ks.set_many({})

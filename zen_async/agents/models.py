@@ -149,6 +149,9 @@ class AgentRecord(BaseModel):
     version: int
     host: str | None = None
     pid: int | None = None
+    stale: bool = False
+    """True when served from this process's last-known values while Redis is unreachable
+    (degraded mode), or when it is the answer to a journaled write; never stored."""
 
 
 class TransitionResult(BaseModel):

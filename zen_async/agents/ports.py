@@ -22,7 +22,9 @@ operation is one Lua script on one Cluster slot)::
     ports:{<host>}:seq      STRING the host's fencing-token counter
     ports:{<host>}:op:<id>  STRING one allocation's reply, kept a minute so a resend after a
                                    lost reply returns the same lease
-    ports:agent:{<agent>}:hosts  ZSET host -> deadline: hosts where the agent may hold leases
+    ports:agent:{z<shard>}:<agent>:hosts  ZSET host -> deadline: hosts where the agent may
+                                   hold leases; in its agent shard's hash tag, so the
+                                   heartbeats of a shard's agents find theirs in one call
 
 Port ranges: the free intervals of a host cover its whole port space (1-65535) and are
 created lazily as the complement of the used ports; a ``port_range`` is only a window onto
@@ -43,7 +45,7 @@ import math
 import re
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -51,6 +53,7 @@ from typing import Any, Final
 import anyio
 import structlog
 
+from zen_async.agents._shards import shard_chunks, shard_of
 from zen_async.errors import CapacityError, ValidationError
 from zen_async.store import Arg, Keyspace, RedisManager
 from zen_async.store.health import PORT_ALLOCATION_FAILURE
@@ -160,6 +163,7 @@ class PortAllocator:
         )
         self._ttl_ms = max(1, math.ceil(lease_ttl * 1000))
         self._ks: Keyspace = redis.keyspace("state", tenant=tenant)
+        self._shards = redis.settings.redis_agent_shards
         self._health = redis.health
         self._on_event = on_event
 
@@ -196,7 +200,7 @@ class PortAllocator:
                 await self._emit(
                     "port_allocated",
                     agent_id,
-                    {"port": lease.port, "host": host, "token": lease.token},
+                    {"port": lease.port, "host": host, "fencing_token": lease.token},
                 )
                 return lease
             await self._ks.run_script(
@@ -277,19 +281,65 @@ class PortAllocator:
         Raises:
             ValidationError: a bad agent id.
         """
-        _check_agent(agent_id)
-        renewed: list[str] = []
-        total = 0
-        for host in await self._hosts_of(agent_id):
-            count, _ = await self._ks.run_script(
-                "port_renew_agent", self._lease_keys(host), [agent_id, self._ttl_ms]
-            )
-            if count:
-                renewed.append(host)
-                total += int(count)
+        return (await self.renew_agents([agent_id]))[0]
+
+    async def renew_agents(self, agent_ids: Sequence[str]) -> list[int]:
+        """:meth:`renew_agent` for many agents: one call per chunk of agents of one shard
+        finds their hosts, then :meth:`renew_holders`.
+
+        Returns:
+            How many leases were renewed, per agent, in order.
+
+        Raises:
+            ValidationError: a bad agent id (then nothing was renewed).
+        """
+        for agent_id in agent_ids:
+            _check_agent(agent_id)
+        hosts_of = await self._hosts_of_many(agent_ids)
+        counts = await self.renew_holders(
+            {agent_ids[i]: hosts for i, hosts in enumerate(hosts_of) if hosts}
+        )
+        return [counts.get(agent_id, 0) for agent_id in agent_ids]
+
+    async def renew_holders(self, hosts_of: Mapping[str, Sequence[str]]) -> dict[str, int]:
+        """Extend every live lease of each agent of ``hosts_of`` on the hosts given for it
+        (as its host index lists them: the agents' heartbeats read them with the lease): one
+        call per host and chunk of agents.
+
+        Returns:
+            How many leases were renewed, by agent (agents with none left out).
+        """
+        by_host: dict[str, list[str]] = {}
+        for agent_id, hosts in hosts_of.items():
+            for host in hosts:
+                by_host.setdefault(host, []).append(agent_id)
+        if not by_host:
+            return {}
+        size = self._ks.batch_size
+        calls: list[tuple[list[str], list[Arg]]] = []
+        chunks: list[tuple[str, list[str]]] = []
+        for host, holders in by_host.items():
+            for start in range(0, len(holders), size):
+                chunk = holders[start : start + size]
+                calls.append((self._lease_keys(host), [self._ttl_ms, *chunk]))
+                chunks.append((host, chunk))
+        replies = await self._ks.run_script_many("port_renew_agent", calls, idempotent=True)
+        counts: dict[str, int] = {}
+        renewed: dict[str, list[str]] = {}
+        for (host, chunk), reply in zip(chunks, replies, strict=True):
+            for agent_id, count in zip(chunk, reply[1:], strict=True):
+                if count:
+                    counts[agent_id] = counts.get(agent_id, 0) + int(count)
+                    renewed.setdefault(agent_id, []).append(host)
         if renewed:
-            await self._note_hosts(agent_id, renewed)
-        return total
+            await self._note_hosts_many(renewed)
+        return counts
+
+    def hosts_prefix(self, shard: int) -> str:
+        """The prefix of the host indexes of the agents of ``shard``: an agent's index is
+        ``hosts_prefix(shard) + agent_id + ":hosts"`` (in the shard's hash tag, so a script
+        acting on the shard's agents may read it)."""
+        return self._ks.key("ports", "agent", f"{{z{shard}}}") + ":"
 
     # --- release ------------------------------------------------------------------------
     async def release(self, lease: PortLease) -> bool:
@@ -330,7 +380,9 @@ class PortAllocator:
         if not released:
             return False
         log.debug("port_released", port=port, host=host, agent_id=agent_id)
-        await self._emit("port_released", agent_id, {"port": port, "host": host, "token": released})
+        await self._emit(
+            "port_released", agent_id, {"port": port, "host": host, "fencing_token": released}
+        )
         return True
 
     async def release_agent(self, agent_id: str) -> int:
@@ -353,7 +405,7 @@ class PortAllocator:
                 await self._emit(
                     "port_released",
                     agent_id,
-                    {"port": int(reply[i]), "host": host, "token": int(reply[i + 1])},
+                    {"port": int(reply[i]), "host": host, "fencing_token": int(reply[i + 1])},
                 )
         return total
 
@@ -384,7 +436,7 @@ class PortAllocator:
             if agent:  # "" is an ended quarantine, not a lease
                 log.info("port_reclaimed", port=port, host=host, agent_id=agent, token=token)
                 await self._emit(
-                    "port_reclaimed", agent, {"port": port, "host": host, "token": token}
+                    "port_reclaimed", agent, {"port": port, "host": host, "fencing_token": token}
                 )
 
     # --- reads --------------------------------------------------------------------------
@@ -442,16 +494,41 @@ class PortAllocator:
         return self._host_keys(host)[:6]
 
     def _hosts_key(self, agent_id: str) -> str:
-        return self._ks.key("ports", "agent", f"{{{agent_id}}}", "hosts")
+        return self.hosts_prefix(shard_of(agent_id, self._shards)) + agent_id + ":hosts"
 
     async def _note_hosts(self, agent_id: str, hosts: Sequence[str]) -> None:
-        await self._ks.run_script(
-            "port_agent_hosts", [self._hosts_key(agent_id)], [self._ttl_ms, _HOSTS_GRACE_MS, *hosts]
-        )
+        await self._note_hosts_many({agent_id: hosts})
+
+    async def _note_hosts_many(self, hosts_by_agent: Mapping[str, Sequence[str]]) -> None:
+        agent_ids = list(hosts_by_agent)
+        calls: list[tuple[list[str], list[Arg]]] = [
+            (
+                [self._hosts_key(agent_ids[i]) for i in chunk],
+                [
+                    self._ttl_ms,
+                    _HOSTS_GRACE_MS,
+                    *(",".join(hosts_by_agent[agent_ids[i]]) for i in chunk),
+                ],
+            )
+            for _, chunk in shard_chunks(agent_ids, self._shards, self._ks.batch_size)
+        ]
+        await self._ks.run_script_many("port_agent_hosts", calls, idempotent=True)
 
     async def _hosts_of(self, agent_id: str) -> list[str]:
         reply = await self._ks.execute("ZRANGE", self._hosts_key(agent_id), 0, -1)
         return [_text(h) for h in reply]
+
+    async def _hosts_of_many(self, agent_ids: Sequence[str]) -> list[list[str]]:
+        """The hosts of each agent, in order: one call per chunk of agents of one shard."""
+        chunks = shard_chunks(agent_ids, self._shards, self._ks.batch_size)
+        calls = [([self._hosts_key(agent_ids[i]) for i in chunk], ()) for _, chunk in chunks]
+        replies = await self._ks.run_script_many("port_hosts_of", calls, idempotent=True)
+        found: list[list[str]] = [[] for _ in agent_ids]
+        for (_, chunk), reply in zip(chunks, replies, strict=True):
+            for i, hosts in zip(chunk, reply, strict=True):
+                if hosts:
+                    found[i] = [_text(h) for h in hosts]
+        return found
 
     async def _emit(self, event_type: str, agent_id: str, data: dict[str, Any]) -> None:
         if self._on_event is None:

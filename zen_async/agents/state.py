@@ -4,50 +4,71 @@ indexes, liveness leases and the reaper, and bulk operations for fleets of agent
 Agents are spread over ``REDIS_AGENT_SHARDS`` shards; an agent's hash, its shard's indexes,
 lease set and event stream share the hash tag ``{z<shard>}``, so every step below is one Lua
 call on one slot. Lists and counts read the indexes, never SCAN.
+
+The bulk operations (create_agents, get_agents, transition_many, heartbeats) act on many
+agents of a shard per Lua call (see ``_bulk``); waiting for states is in ``_waiting``, how a
+record is stored and read back in ``_records``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-import orjson
+import pydantic
 import structlog
 
 from zen_async._tasks import background
+from zen_async.agents._bulk import AgentBatches, Prepared, or_empty
+from zen_async.agents._lifecycle import (
+    SOURCES,
+    explain,
+    lifecycle_state,
+    parse_cursor,
+    transition_result,
+)
+from zen_async.agents._offline import (
+    already_applied,
+    dump_changes,
+    journaled_result,
+    known_key,
+    offline_heartbeat,
+    offline_transition,
+    offline_update,
+    restore_changes,
+    stale,
+)
+from zen_async.agents._records import record_doc, spec_doc, text
+from zen_async.agents._waiting import StateWaiters
 from zen_async.agents.models import (
     ACTIVE_STATES,
-    TRANSITIONS,
     AgentCapabilities,
     AgentPerformance,
     AgentRecord,
     AgentSpec,
     LifecycleState,
     TransitionResult,
-    sources_of,
     validate_agent_type,
 )
+from zen_async.degraded import JournalEntry
 from zen_async.errors import (
     ConflictError,
-    InvalidTransitionError,
+    DegradedError,
     NotFoundError,
     ValidationError,
     ZenError,
 )
 from zen_async.events import EventLog
-from zen_async.events.envelope import (
-    agent_shard,
-    shard_stream_name,
-    shard_tag,
-    validate_agent_id,
-)
-from zen_async.metrics.names import COORDINATION_EVENTS, STATE_OPERATION_LATENCY
-from zen_async.store import Arg, Keyspace, Message, Reconnected, RedisManager
+from zen_async.events.envelope import agent_shard, validate_agent_id
+from zen_async.metrics.names import STATE_OPERATION_LATENCY
+from zen_async.redact import Redactor
+from zen_async.store import Arg, Keyspace, RedisManager
 
 if TYPE_CHECKING:
     from zen_async.agents.ports import PortAllocator
@@ -58,13 +79,6 @@ __all__ = ["AgentStateManager"]
 log = structlog.get_logger(__name__)
 
 _REAP_BATCH: Final = 100
-_DOC_FIELDS: Final = (
-    "capabilities",
-    "current_task_id",
-    "allocated_resources",
-    "performance",
-    "metadata",
-)
 
 
 class AgentStateManager:
@@ -103,13 +117,22 @@ class AgentStateManager:
         self._events = events
         self._ports = ports
         self._ks: Keyspace = redis.keyspace("state", tenant=tenant)
+        self._tenant = self._ks.tenant
+        self._degraded = redis.degraded
+        self._redactor = Redactor.from_settings(redis.settings)
         self.shards = redis.settings.redis_agent_shards
         self._lease_ms = int(lease_ttl * 1000)
         self._reap_interval = reap_interval
         self._grace_ms = int(release_grace * 1000)
-        self._waiters: dict[str, list[tuple[frozenset[LifecycleState], asyncio.Future[str]]]] = {}
-        self._listening = asyncio.Event()
-        self._host = socket.gethostname()
+        self._hints = StateWaiters(redis, events.agent_channel, self.get_agents, metrics)
+        self._batches = AgentBatches(
+            self._ks,
+            events,
+            ports=ports,
+            shards=self.shards,
+            lease_ms=self._lease_ms,
+            host=socket.gethostname(),
+        )
 
     def _timed(self, operation: str) -> contextlib.AbstractContextManager[object]:
         """Time a state operation into the metrics (a no-op without metrics)."""
@@ -119,7 +142,7 @@ class AgentStateManager:
 
     # --- keys -----------------------------------------------------------------------------
     def _prefix(self, shard: int) -> str:
-        return self._ks.key(shard_tag(shard)) + ":"
+        return self._batches.prefixes[shard]
 
     def _shard(self, agent_id: str) -> int:
         return agent_shard(agent_id, self.shards)
@@ -128,7 +151,7 @@ class AgentStateManager:
         return self._prefix(self._shard(agent_id)) + "agent:" + agent_id
 
     def _hint_args(self, shard: int) -> list[str | int]:
-        return [self._events.audit_max_len, self._events.agent_channel, shard_stream_name(shard)]
+        return self._batches.hint_args(shard)
 
     # --- create / read / update / delete ----------------------------------------------------
     async def create_agent(
@@ -147,95 +170,68 @@ class AgentStateManager:
             ValidationError: a bad id, type or metadata.
             ConflictError: an agent with this id exists.
         """
-        spec = AgentSpec(
-            agent_type=agent_type,
-            agent_id=agent_id,
-            capabilities=capabilities or AgentCapabilities(),
-            metadata=metadata or {},
-            host=host,
-            pid=pid,
-        )
+        try:
+            spec = AgentSpec(
+                agent_type=agent_type,
+                agent_id=agent_id,
+                capabilities=capabilities or AgentCapabilities(),
+                metadata=metadata or {},
+                host=host,
+                pid=pid,
+            )
+        except pydantic.ValidationError as exc:
+            raise ValidationError(f"invalid agent: {_problems(exc)}") from None
         return (await self.create_agents([spec]))[0]
 
     async def create_agents(self, specs: Sequence[AgentSpec]) -> list[AgentRecord]:
-        """Create many agents, pipelined in batches (slot-aware on Cluster).
+        """Create many agents: one Lua call per chunk of agents of one shard (one slot on
+        Cluster), each agent created whole or not at all.
 
         Raises:
             ValidationError: any bad spec (then nothing is created).
             ConflictError: the first id that already existed (the others were created).
+            BackendError: a call failed (the agents of the other calls were created).
         """
         prepared = [self._prepare(spec) for spec in specs]
-        calls = [
-            (
-                [self._agent_key(agent_id)],
-                [
-                    self._prefix(self._shard(agent_id)),
-                    agent_id,
-                    spec.agent_type,
-                    doc,
-                    spec.host or self._host,
-                    "" if spec.pid is None else spec.pid,
-                    self._lease_ms,
-                    *self._hint_args(self._shard(agent_id)),
-                ],
-            )
-            for agent_id, spec, doc in prepared
-        ]
         with self._timed("create"):
-            replies = await self._ks.run_script_many("agent_create", calls)
-        records = []
-        for (agent_id, spec, _), (version, created_ms, _event) in zip(
-            prepared, replies, strict=True
-        ):
-            created = _from_ms(created_ms)
-            records.append(
-                AgentRecord(
-                    agent_id=agent_id,
-                    agent_type=spec.agent_type,
-                    lifecycle_state=LifecycleState.INITIALIZING,
-                    capabilities=spec.capabilities,
-                    metadata=spec.metadata,
-                    created_at=created,
-                    updated_at=created,
-                    version=int(version),
-                    host=spec.host or self._host,
-                    pid=spec.pid,
-                    performance=AgentPerformance(last_activity=created),
-                )
-            )
-        return records
+            created = await self._batches.create(prepared)
+        for record in created:
+            self._degraded.remember(known_key(self._tenant, record.agent_id), record)
+        return created
 
-    def _prepare(self, spec: AgentSpec) -> tuple[str, AgentSpec, bytes]:
-        agent_id = validate_agent_id(spec.agent_id or uuid.uuid4().hex)
+    def _prepare(self, spec: AgentSpec) -> Prepared:
+        agent_id = validate_agent_id(uuid.uuid4().hex if spec.agent_id is None else spec.agent_id)
         validate_agent_type(spec.agent_type)
-        doc = _encode_doc(
-            {
-                "capabilities": spec.capabilities.model_dump(mode="json"),
-                "current_task_id": None,
-                "allocated_resources": {},
-                "performance": AgentPerformance().model_dump(mode="json"),
-                "metadata": spec.metadata,
-            }
-        )
-        return agent_id, spec, doc
+        metadata = self._redactor.redact(spec.metadata, what="agent metadata")
+        if metadata is not spec.metadata:
+            spec = spec.model_copy(update={"metadata": metadata})
+        return agent_id, spec, spec_doc(spec)
 
     async def get_agent(self, agent_id: str) -> AgentRecord | None:
-        """The agent, or None if it does not exist.
+        """The agent, or None if it does not exist. While Redis is unreachable: the record
+        this process saw last, with ``stale=True``.
 
         Raises:
             ValidationError: a malformed id.
+            DegradedError: Redis is unreachable and this process never saw the agent.
         """
-        return (await self.get_agents([agent_id]))[0]
+
+        async def fetch() -> AgentRecord | None:
+            return (await self.get_agents([agent_id]))[0]
+
+        return await self._degraded.read(known_key(self._tenant, agent_id), fetch, stale)
 
     async def get_agents(self, agent_ids: Sequence[str]) -> list[AgentRecord | None]:
-        """Many agents in one pipelined round trip per batch; None where absent."""
+        """Many agents, None where absent: one Lua call per chunk of agents of one shard.
+
+        Raises:
+            ValidationError: a malformed id (then nothing is read).
+            BackendError: a call failed.
+        """
         for agent_id in agent_ids:
             validate_agent_id(agent_id)
         with self._timed("get"):
-            replies = await self._ks.batch(
-                [("HGETALL", self._agent_key(a)) for a in agent_ids], idempotent=True
-            )
-        return [_record(a, r) if r else None for a, r in zip(agent_ids, replies, strict=True)]
+            return await self._batches.get(agent_ids)
 
     async def update_agent(
         self,
@@ -252,11 +248,15 @@ class AgentStateManager:
         """Change some fields of an agent (the others stay) and bump its version.
 
         With ``expected_version`` the write happens only at that version; without it, a
-        concurrent write makes this call re-read and apply its change again.
+        concurrent write makes this call re-read and apply its change again. While Redis is
+        unreachable the update is checked against the last-known record, journaled, and
+        answered with the record it will produce (``stale=True``).
 
         Raises:
+            ValidationError: metadata that is not a JSON object.
             NotFoundError: no such agent.
             ConflictError: the stored version is not ``expected_version``.
+            DegradedError: Redis is unreachable and this process never saw the agent.
         """
         changes: dict[str, Any] = {}
         if capabilities is not None:
@@ -268,7 +268,33 @@ class AgentStateManager:
         if performance is not None:
             changes["performance"] = performance
         if metadata is not None:
-            changes["metadata"] = metadata
+            if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+                raise ValidationError(
+                    f"metadata must be a JSON object (a dict with str keys), not "
+                    f"{type(metadata).__name__}"
+                )
+            changes["metadata"] = self._redactor.redact(metadata, what="agent metadata")
+        if not self._degraded.journaling():
+            try:
+                return await self._update_now(agent_id, changes, expected_version)
+            except DegradedError:
+                if not self._degraded.journal_writes:
+                    raise
+        known, after = offline_update(
+            self._degraded, self._tenant, agent_id, changes, expected_version
+        )
+        record_doc(after)  # not JSON-serialisable: refused before anything is journaled
+        await self._degraded.accept(
+            "agents.update",
+            self._tenant,
+            {"agent_id": agent_id, "based_on": known.version, "changes": dump_changes(changes)},
+        )
+        self._degraded.remember(known_key(self._tenant, agent_id), after)
+        return after.model_copy(update={"stale": True})
+
+    async def _update_now(
+        self, agent_id: str, changes: dict[str, Any], expected_version: int | None
+    ) -> AgentRecord:
         while True:
             current = await self.get_agent(agent_id)
             if current is None:
@@ -278,7 +304,7 @@ class AgentStateManager:
                     f"agent {agent_id} is at version {current.version}, expected {expected_version}"
                 )
             updated = current.model_copy(update=changes)
-            doc = _encode_doc({f: _dump(getattr(updated, f)) for f in _DOC_FIELDS})
+            doc = record_doc(updated)
             try:
                 version = await self._ks.run_script(
                     "agent_update",
@@ -289,9 +315,11 @@ class AgentStateManager:
                 if expected_version is not None:
                     raise
                 continue  # lost a race: read again and re-apply this change
-            return updated.model_copy(
+            updated = updated.model_copy(
                 update={"version": int(version), "updated_at": datetime.now(UTC)}
             )
+            self._degraded.remember(known_key(self._tenant, agent_id), updated)
+            return updated
 
     async def delete_agent(self, agent_id: str) -> bool:
         """Remove an agent, its index entries and lease, and release its ports.
@@ -305,6 +333,7 @@ class AgentStateManager:
             [self._agent_key(agent_id)],
             [self._prefix(shard), agent_id, *self._hint_args(shard)],
         )
+        self._degraded.forget(known_key(self._tenant, agent_id))
         return event is not None
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -325,14 +354,49 @@ class AgentStateManager:
             ConflictError: the stored version is not ``expected_version``.
             InvalidTransitionError: the table does not allow it; names from, to and the
                 allowed targets. Nothing was written.
+            DegradedError: Redis is unreachable and this process never saw the agent (with
+                a last-known record, the transition is checked against it and journaled;
+                its ``event_id`` is then ``journal:<op id>``).
         """
         keys, args, target = self._transition_call(agent_id, to_state, expected_version, reason)
+        if not self._degraded.journaling():
+            try:
+                return await self._transition_now(agent_id, keys, args, target)
+            except DegradedError:
+                if not self._degraded.journal_writes:
+                    raise
+        known, after = offline_transition(
+            self._degraded, self._tenant, agent_id, target, expected_version
+        )
+        entry = await self._degraded.accept(
+            "agents.transition",
+            self._tenant,
+            {
+                "agent_id": agent_id,
+                "to_state": target.value,
+                "based_on": known.version,
+                "reason": reason,
+            },
+        )
+        self._degraded.remember(known_key(self._tenant, agent_id), after)
+        return journaled_result(known, after, entry.op_id)
+
+    async def _transition_now(
+        self, agent_id: str, keys: list[str], args: list[Arg], target: LifecycleState
+    ) -> TransitionResult:
         try:
             with self._timed("transition"):
                 reply = await self._ks.run_script("agent_transition", keys, args)
         except ZenError as exc:
-            raise _explain(exc, agent_id) from None
-        return _transition_result(agent_id, target, reply)
+            raise explain(exc, agent_id) from None
+        result = transition_result(agent_id, target, reply)
+        key = known_key(self._tenant, agent_id)
+        known = self._degraded.recall(key)
+        if isinstance(known, AgentRecord):
+            self._degraded.remember(
+                key, known.model_copy(update={"lifecycle_state": target, "version": result.version})
+            )
+        return result
 
     async def transition_many(
         self,
@@ -340,26 +404,22 @@ class AgentStateManager:
         *,
         reason: str | None = None,
     ) -> list[TransitionResult | ZenError]:
-        """Many transitions, each atomic, pipelined in batches. Returns, in order, each
-        result or the typed error of the one that failed (the others still happened)."""
-        prepared = [
-            self._transition_call(a, to, expected, reason) for a, to, expected in transitions
-        ]
+        """Many transitions, each atomic on its own: one Lua call per chunk of agents of one
+        shard (the shards' calls run concurrently, with one message of hints each);
+        transitions of one agent happen in the order given. Returns, in order, each result
+        or the typed error of the one that failed (the others still happened).
+
+        Raises:
+            ValidationError: an unknown state or a bad id (then nothing happened).
+        """
+        agent_ids = [agent_id for agent_id, _, _ in transitions]
+        targets = []
+        for agent_id, to_state, _ in transitions:
+            targets.append(lifecycle_state(to_state))
+            validate_agent_id(agent_id)
+        expected = [version for _, _, version in transitions]
         with self._timed("transition_many"):
-            replies = await self._ks.run_script_many(
-                "agent_transition",
-                [(keys, args) for keys, args, _ in prepared],
-                raise_on_error=False,
-            )
-        results: list[TransitionResult | ZenError] = []
-        for (agent_id, _, _), (_, _, target), reply in zip(
-            transitions, prepared, replies, strict=True
-        ):
-            if isinstance(reply, ZenError):
-                results.append(_explain(reply, agent_id))
-            else:
-                results.append(_transition_result(agent_id, target, reply))
-        return results
+            return await self._batches.transition(agent_ids, targets, expected, reason)
 
     def _transition_call(
         self,
@@ -368,15 +428,15 @@ class AgentStateManager:
         expected: int | None,
         reason: str | None,
     ) -> tuple[list[str], list[Arg], LifecycleState]:
-        target = _state(to_state)
+        target = lifecycle_state(to_state)
         validate_agent_id(agent_id)
         shard = self._shard(agent_id)
         args: list[Arg] = [
             self._prefix(shard),
             agent_id,
             target.value,
-            _SOURCES[target],
-            "" if expected is None else expected,
+            SOURCES[target],
+            or_empty(expected),
             reason or "",
             *self._hint_args(shard),
         ]
@@ -398,71 +458,16 @@ class AgentStateManager:
             TimeoutError: not reached within ``timeout`` seconds.
             NotFoundError: no such agent.
         """
-        wanted = frozenset(_state(s) for s in states)
+        wanted = frozenset(lifecycle_state(s) for s in states)
         validate_agent_id(agent_id)
         if not self._background_listener:  # a tenant view: listen for the length of the wait
             async with background(agent_hints=self.listen()):
-                return await self._wait(agent_id, wanted, within=timeout)
-        return await self._wait(agent_id, wanted, within=timeout)
-
-    async def _wait(
-        self, agent_id: str, wanted: frozenset[LifecycleState], *, within: float
-    ) -> LifecycleState:
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        entry = (wanted, future)
-        self._waiters.setdefault(agent_id, []).append(entry)
-        try:
-            async with asyncio.timeout(within):
-                await self._listening.wait()  # subscribed: no hint can slip by from here
-                record = await self.get_agent(agent_id)
-                if record is None:
-                    raise NotFoundError(f"agent {agent_id!r} does not exist")
-                if record.lifecycle_state in wanted:
-                    return record.lifecycle_state
-                return LifecycleState(await future)
-        finally:
-            waiters = self._waiters.get(agent_id, [])
-            if entry in waiters:
-                waiters.remove(entry)
-            if not waiters:
-                self._waiters.pop(agent_id, None)
+                return await self._hints.wait(agent_id, wanted, within=timeout)
+        return await self._hints.wait(agent_id, wanted, within=timeout)
 
     async def listen(self) -> None:
         """Dispatch state hints to :meth:`wait_for_state` callers until cancelled."""
-        async with self._redis.subscribe(self._events.agent_channel) as hints:
-            self._listening.set()
-            try:
-                async for item in hints:
-                    if isinstance(item, Reconnected):
-                        await self._catch_up()
-                    elif isinstance(item, Message):
-                        self._dispatch(item.data)
-            finally:
-                self._listening.clear()
-
-    def _dispatch(self, data: bytes) -> None:
-        try:
-            hint = orjson.loads(data)
-            agent_id, to = hint.get("agent"), hint.get("to")
-        except (orjson.JSONDecodeError, AttributeError):
-            return
-        if self._metrics is not None:
-            self._metrics.count(COORDINATION_EVENTS, type=str(hint.get("type", "unknown")))
-        if to:
-            self._wake(agent_id, to)
-
-    def _wake(self, agent_id: str, state: str) -> None:
-        for wanted, future in self._waiters.get(agent_id, []):
-            if not future.done() and state in wanted:
-                future.set_result(state)
-
-    async def _catch_up(self) -> None:
-        """After a reconnect, read the stored state of every awaited agent (hints sent
-        while disconnected are gone; the state and its stream are not)."""
-        agent_ids = list(self._waiters)
-        for agent_id, record in zip(agent_ids, await self.get_agents(agent_ids), strict=True):
-            if record is not None:
-                self._wake(agent_id, record.lifecycle_state.value)
+        await self._hints.listen()
 
     # --- liveness ---------------------------------------------------------------------------
     async def heartbeat(
@@ -496,29 +501,58 @@ class AgentStateManager:
         cpu_percent: float | None = None,
         connections: int | None = None,
     ) -> list[datetime | ZenError | None]:
-        """Heartbeats for many agents, pipelined; each result as :meth:`heartbeat`'s (or
-        its error)."""
+        """Heartbeats for many agents: one Lua call per chunk of agents of one shard, then
+        their port leases renewed in one call per host. Each result as :meth:`heartbeat`'s,
+        or its error.
+
+        Raises:
+            ValidationError: a malformed id (then no heartbeat was recorded).
+        """
         gauges = ["" if v is None else str(v) for v in (memory_mb, cpu_percent, connections)]
-        calls: list[tuple[list[str], list[Arg]]] = []
         for agent_id in agent_ids:
             validate_agent_id(agent_id)
-            calls.append(
-                (
-                    [self._agent_key(agent_id)],
-                    [self._prefix(self._shard(agent_id)), agent_id, self._lease_ms, *gauges],
-                )
+        if not self._degraded.journaling():
+            try:
+                with self._timed("heartbeat"):
+                    return await self._batches.heartbeat(agent_ids, gauges)
+            except DegradedError:
+                if not self._degraded.journal_writes:
+                    raise
+        await self._degraded.accept(
+            "agents.heartbeat", self._tenant, {"agent_ids": list(agent_ids), "gauges": gauges}
+        )
+        expiry = offline_heartbeat(self._lease_ms)
+        return [expiry for _ in agent_ids]
+
+    async def replay_journaled(self, entry: JournalEntry) -> None:
+        """Apply a transition, update or heartbeat journaled during an outage, exactly once
+        (see ``_offline``).
+
+        Raises:
+            ConflictError: the agent's version moved on meanwhile for another reason; the
+                server's state is kept.
+            ZenError: the agent is gone, or the write is refused now.
+        """
+        a = entry.args
+        agent_id = a.get("agent_id", "")
+        if entry.kind == "agents.heartbeat":
+            await self._batches.heartbeat(a["agent_ids"], a["gauges"])
+            return
+        if entry.kind == "agents.transition":
+            target = LifecycleState(a["to_state"])
+            changes: dict[str, Any] = {"lifecycle_state": target}
+            keys, args, _ = self._transition_call(agent_id, target, a["based_on"], a["reason"])
+            apply: Callable[[], Awaitable[object]] = functools.partial(
+                self._transition_now, agent_id, keys, args, target
             )
-        with self._timed("heartbeat"):
-            replies = await self._ks.run_script_many("agent_heartbeat", calls, raise_on_error=False)
-        if self._ports is not None:  # port leases live as long as their agent's
-            await asyncio.gather(*(self._ports.renew_agent(a) for a in agent_ids))
-        results: list[datetime | ZenError | None] = []
-        for agent_id, reply in zip(agent_ids, replies, strict=True):
-            if isinstance(reply, ZenError):
-                results.append(_explain(reply, agent_id))
-            else:
-                results.append(None if int(reply) < 0 else _from_ms(reply))
-        return results
+        else:
+            changes = restore_changes(a["changes"])
+            apply = functools.partial(self._update_now, agent_id, changes, a["based_on"])
+        try:
+            await apply()
+        except ConflictError:
+            if not already_applied(await self.get_agent(agent_id), a["based_on"], changes):
+                raise
 
     async def reap(self) -> list[str]:
         """One reaper pass over every shard: agents whose lease expired move to ``error``
@@ -532,11 +566,11 @@ class AgentStateManager:
                 [prefix + "leases"],
                 [prefix, _REAP_BATCH, self._grace_ms, *self._hint_args(shard)],
             )
-            reaped.extend(_text(i) for i in ids)
+            reaped.extend(text(i) for i in ids)
             due = await self._ks.run_script("agent_reaped_due", [prefix + "reaped"], [_REAP_BATCH])
             if self._ports is not None:
                 for agent_id in due:
-                    await self._ports.release_agent(_text(agent_id))
+                    await self._ports.release_agent(text(agent_id))
         if reaped:
             log.warning("agents_reaped", count=len(reaped), agents=reaped[:20])
         return reaped
@@ -570,7 +604,7 @@ class AgentStateManager:
         if not 1 <= limit <= 10_000:
             raise ValidationError(f"limit {limit} is out of range: use 1 to 10000")
         suffix = self._index_suffix(state, agent_type)
-        shard, after = _parse_cursor(cursor, self.shards)
+        shard, after = parse_cursor(cursor, self.shards)
         found: list[str] = []
         while shard < self.shards and len(found) < limit:
             start = "-" if after is None else "(" + after
@@ -584,7 +618,7 @@ class AgentStateManager:
                 0,
                 limit - len(found),
             )
-            found.extend(_text(i) for i in ids)
+            found.extend(text(i) for i in ids)
             if len(found) < limit:
                 shard, after = shard + 1, None
             else:
@@ -598,7 +632,7 @@ class AgentStateManager:
             validate_agent_type(agent_type)
         if state is None:
             return "idx:all" if agent_type is None else f"idx:type:{agent_type}"
-        value = _state(state).value
+        value = lifecycle_state(state).value
         return f"idx:st:{value}" if agent_type is None else f"idx:st:{value}:{agent_type}"
 
     async def count_by_state(self, *, agent_type: str | None = None) -> dict[LifecycleState, int]:
@@ -630,105 +664,8 @@ class AgentStateManager:
         return records
 
 
-# --- helpers ----------------------------------------------------------------------------------
-_SOURCES: Final = {t: "," + ",".join(sources_of(t)) + "," for t in LifecycleState}
-"""For each target state, the states it may be reached from, as the transition script reads
-them (",a,b,")."""
-
-
-def _transition_result(agent_id: str, target: LifecycleState, reply: Any) -> TransitionResult:
-    from_state, version, event_id = reply
-    return TransitionResult(
-        agent_id=agent_id,
-        from_state=LifecycleState(_text(from_state)),
-        to_state=target,
-        version=int(version),
-        event_id=_text(event_id),
+def _problems(exc: pydantic.ValidationError) -> str:
+    """pydantic's errors as one line: ``field: what was wrong; ...``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}" for err in exc.errors()
     )
-
-
-def _state(value: LifecycleState | str) -> LifecycleState:
-    try:
-        return LifecycleState(value)
-    except ValueError:
-        raise ValidationError(
-            f"unknown lifecycle state {value!r}: use one of {[s.value for s in LifecycleState]}"
-        ) from None
-
-
-def _explain(error: ZenError, agent_id: str) -> ZenError:
-    """Give a script's terse error reply a message that says what was wrong."""
-    if isinstance(error, InvalidTransitionError):
-        parts = str(error).split()
-        if len(parts) == 3:
-            _, from_state, to_state = parts
-            allowed = sorted(s.value for s in TRANSITIONS[LifecycleState(from_state)])
-            return InvalidTransitionError(
-                f"agent {agent_id} cannot go from {from_state} to {to_state}; "
-                f"from {from_state} it may go to: {', '.join(allowed) or 'nothing (final)'}"
-            )
-    if isinstance(error, ConflictError):
-        parts = str(error).split()
-        if len(parts) == 3:
-            return ConflictError(f"agent {agent_id} is at version {parts[1]}, expected {parts[2]}")
-    if isinstance(error, NotFoundError):
-        return NotFoundError(f"agent {agent_id!r} does not exist")
-    return error
-
-
-def _parse_cursor(cursor: str | None, shards: int) -> tuple[int, str | None]:
-    if cursor is None:
-        return 0, None
-    shard_text, sep, after = cursor.partition(":")
-    if not sep or not shard_text.isdigit() or int(shard_text) > shards:
-        raise ValidationError(f"cursor {cursor!r} is not one list_agents returned")
-    return int(shard_text), after or None
-
-
-def _encode_doc(doc: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(doc)
-    except TypeError as exc:
-        raise ValidationError(f"agent metadata is not JSON-serialisable: {exc}") from exc
-
-
-def _dump(value: Any) -> Any:
-    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
-
-
-def _record(agent_id: str, raw: dict[Any, Any]) -> AgentRecord:
-    f = {_text(k): v for k, v in raw.items()}
-    doc = orjson.loads(f["doc"])
-    perf = dict(doc.get("performance") or {})
-    for field, key, cast in (
-        ("memory_mb", "mem", float),
-        ("cpu_percent", "cpu", float),
-        ("connections", "conns", int),
-    ):
-        if key in f:
-            perf[field] = cast(_text(f[key]))
-    perf["last_activity"] = _from_ms(f["seen"]) if "seen" in f else None
-    pid = _text(f.get("pid", b""))
-    return AgentRecord(
-        agent_id=agent_id,
-        agent_type=_text(f["type"]),
-        lifecycle_state=LifecycleState(_text(f["state"])),
-        capabilities=AgentCapabilities(**(doc.get("capabilities") or {})),
-        current_task_id=doc.get("current_task_id"),
-        allocated_resources=doc.get("allocated_resources") or {},
-        performance=AgentPerformance(**perf),
-        metadata=doc.get("metadata") or {},
-        created_at=_from_ms(f["created"]),
-        updated_at=_from_ms(f["updated"]),
-        version=int(f["version"]),
-        host=_text(f.get("host", b"")) or None,
-        pid=int(pid) if pid else None,
-    )
-
-
-def _from_ms(value: Any) -> datetime:
-    return datetime.fromtimestamp(int(float(_text(value))) / 1000, tz=UTC)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,34 +1,64 @@
--- agent_create: store a new agent in state "initializing", index it, start its liveness
--- lease, and record an "agent_created" event in its shard stream and audit trail.
+-- agent_create: store new agents of one shard in state "initializing", index them, start
+-- their liveness leases, and record an "agent_created" event for each in the shard stream
+-- and its audit trail; one pub/sub message carries the hints of all of them. Each agent is
+-- created whole (hash, indexes, lease, events) or, when its id exists, not at all.
 --
--- KEYS[1]  the agent hash (<P>agent:<id>); every other key is <P>... in the same hash tag
+-- KEYS[i]  the hash of agent i (<P>agent:<id>); every other key is <P>... in the same tag
 -- ARGV[1]  P, the shard prefix, e.g. "zen:t:default:{z3}:"
--- ARGV[2]  agent id
--- ARGV[3]  agent type
--- ARGV[4]  the record's JSON document (capabilities, metadata, ...)
--- ARGV[5]  host ("" for none)
--- ARGV[6]  pid ("" for none)
--- ARGV[7]  lease TTL in ms
--- ARGV[8]  audit stream max length
--- ARGV[9]  pub/sub channel for the hint ("" for none)
--- ARGV[10] the shard stream's logical name, for the hint
+-- ARGV[2]  lease TTL in ms
+-- ARGV[3]  audit stream max length
+-- ARGV[4]  pub/sub channel for the hints ("" for none)
+-- ARGV[5]  the shard stream's logical name, for the hints
+-- ARGV[6 + 5 * (i - 1) ...]  agent i: id, type, JSON document (capabilities, metadata,
+--          ...), host ("" for none), pid ("" for none)
 --
--- Returns {version, created_ms, event_id}. Errors: "CONFLICT agent <id> already exists".
+-- Returns {created_ms, r_1, ..., r_n}: r_i the event id of agent i's creation, or 0 when an
+-- agent with its id already existed (nothing of it was written).
 --@include agent_event
-local P, id, kind = ARGV[1], ARGV[2], ARGV[3]
-if redis.call("EXISTS", KEYS[1]) == 1 then
-  return redis.error_reply("CONFLICT agent " .. id .. " already exists")
-end
+local P = ARGV[1]
+local audit_max, channel, stream = ARGV[3], ARGV[4], ARGV[5]
 local t = redis.call("TIME")
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call("HSET", KEYS[1], "type", kind, "state", "initializing", "version", 1,
-  "created", now, "updated", now, "seen", now, "host", ARGV[5], "pid", ARGV[6], "doc", ARGV[4])
-redis.call("ZADD", P .. "idx:all", 0, id)
-redis.call("ZADD", P .. "idx:type:" .. kind, 0, id)
-redis.call("ZADD", P .. "idx:st:initializing", 0, id)
-redis.call("ZADD", P .. "idx:st:initializing:" .. kind, 0, id)
-redis.call("ZADD", P .. "leases", now + tonumber(ARGV[7]), id)
-local data = cjson.encode({to = "initializing", version = 1, agent_type = kind})
-local event = emit_agent_event(P, id, "agent_created", data, now, ARGV[8], ARGV[9], ARGV[10],
-  {to = "initializing", version = 1})
-return {1, now, event}
+local expiry = now + tonumber(ARGV[2])
+local out, hints = {now}, {}
+-- index members, added with one ZADD per index after the loop (the script is atomic: no
+-- client sees an agent before its index entries)
+local members, leases, by_kind = {}, {}, {}
+for i, key in ipairs(KEYS) do
+  local a = 6 + 5 * (i - 1)
+  local id, kind = ARGV[a], ARGV[a + 1]
+  if redis.call("EXISTS", key) == 1 then
+    out[i + 1] = 0
+  else
+    redis.call("HSET", key, "type", kind, "state", "initializing", "version", 1,
+      "created", now, "updated", now, "seen", now, "host", ARGV[a + 3], "pid", ARGV[a + 4],
+      "doc", ARGV[a + 2])
+    members[#members + 1] = 0
+    members[#members + 1] = id
+    leases[#leases + 1] = expiry
+    leases[#leases + 1] = id
+    local of_kind = by_kind[kind]
+    if not of_kind then
+      of_kind = {}
+      by_kind[kind] = of_kind
+    end
+    of_kind[#of_kind + 1] = 0
+    of_kind[#of_kind + 1] = id
+    -- kind is of [a-z0-9_.-] (validated by the caller): nothing to escape
+    local data = '{"to":"initializing","version":1,"agent_type":"' .. kind .. '"}'
+    local event = append_agent_event(P, id, "agent_created", data, now, audit_max)
+    hints[#hints + 1] = state_hint(stream, event, "agent_created", id, "initializing", 1)
+    out[i + 1] = event
+  end
+end
+if #members > 0 then
+  redis.call("ZADD", P .. "idx:all", unpack(members))
+  redis.call("ZADD", P .. "idx:st:initializing", unpack(members))
+  redis.call("ZADD", P .. "leases", unpack(leases))
+  for kind, of_kind in pairs(by_kind) do
+    redis.call("ZADD", P .. "idx:type:" .. kind, unpack(of_kind))
+    redis.call("ZADD", P .. "idx:st:initializing:" .. kind, unpack(of_kind))
+  end
+end
+publish_hints(channel, hints)
+return out

@@ -17,33 +17,14 @@
 -- Returns {from_state, new_version, event_id}. Errors: "NOTFOUND <id>",
 -- "CONFLICT <id> <stored version> <expected>", "INVALID <id> <from> <to>".
 --@include agent_event
-local P, id, to = ARGV[1], ARGV[2], ARGV[3]
-local current = redis.call("HMGET", KEYS[1], "state", "version", "type")
-local from, version, kind = current[1], tonumber(current[2]), current[3]
-if not from then
-  return redis.error_reply("NOTFOUND " .. id)
-end
-if ARGV[5] ~= "" and version ~= tonumber(ARGV[5]) then
-  return redis.error_reply("CONFLICT " .. id .. " " .. version .. " " .. ARGV[5])
-end
-if not string.find(ARGV[4], "," .. from .. ",", 1, true) then
-  return redis.error_reply("INVALID " .. id .. " " .. from .. " " .. to)
-end
+--@include agent_transition
+local id, to = ARGV[2], ARGV[3]
 local t = redis.call("TIME")
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-version = version + 1
-redis.call("HSET", KEYS[1], "state", to, "version", version, "updated", now)
-redis.call("ZREM", P .. "idx:st:" .. from, id)
-redis.call("ZREM", P .. "idx:st:" .. from .. ":" .. kind, id)
-redis.call("ZADD", P .. "idx:st:" .. to, 0, id)
-redis.call("ZADD", P .. "idx:st:" .. to .. ":" .. kind, 0, id)
-if to == "terminated" then
-  redis.call("ZREM", P .. "leases", id)
+local from, version, event = transition_agent(ARGV[1], KEYS[1], id, to, ARGV[4], ARGV[5],
+  ARGV[6], now, ARGV[7])
+if not from then
+  return redis.error_reply(version)
 end
-local data = {from = from, to = to, version = version}
-if ARGV[6] ~= "" then
-  data["reason"] = ARGV[6]
-end
-local event = emit_agent_event(P, id, "state_changed", cjson.encode(data), now, ARGV[7],
-  ARGV[8], ARGV[9], {to = to, version = version})
+publish_hints(ARGV[8], {state_hint(ARGV[9], event, "state_changed", id, to, version)})
 return {from, version, event}

@@ -1,23 +1,26 @@
--- port_agent_hosts: note that an agent holds (or is about to hold) leases on some hosts, so
+-- port_agent_hosts: note that agents hold (or are about to hold) leases on some hosts, so
 -- renew_agent / release_agent / leases can find them. Each host is kept until its latest
 -- lease could have expired, plus a grace for clock skew between nodes.
 --
--- KEYS[1]  the agent's host index: ZSET host -> deadline (server ms)
+-- KEYS[i]  agent i's host index: ZSET host -> deadline (server ms); on Cluster the keys of
+--          one call share a hash tag (the agents' shard)
 -- ARGV[1]  lease TTL in ms
 -- ARGV[2]  grace in ms
--- ARGV[3..] host names
+-- ARGV[2 + i]  the host names for KEYS[i], joined by "," (host names have no comma)
 --
--- Returns the number of hosts indexed.
+-- Returns the number of host indexes written.
 -- idempotent: true
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline, grace = now + tonumber(ARGV[1]), tonumber(ARGV[2])
-for i = 3, #ARGV do
-  redis.call("ZADD", KEYS[1], "GT", deadline, ARGV[i])
+for i, key in ipairs(KEYS) do
+  for host in string.gmatch(ARGV[2 + i], "[^,]+") do
+    redis.call("ZADD", key, "GT", deadline, host)
+  end
+  redis.call("ZREMRANGEBYSCORE", key, "-inf", "(" .. (now - grace))
+  local last = redis.call("ZRANGE", key, -1, -1, "WITHSCORES")
+  if last[2] then
+    redis.call("PEXPIRE", key, math.max(1, tonumber(last[2]) - now + grace))
+  end
 end
-redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", "(" .. (now - grace))
-local last = redis.call("ZRANGE", KEYS[1], -1, -1, "WITHSCORES")
-if last[2] then
-  redis.call("PEXPIRE", KEYS[1], math.max(1, tonumber(last[2]) - now + grace))
-end
-return redis.call("ZCARD", KEYS[1])
+return #KEYS
