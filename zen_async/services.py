@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import structlog
 
 from zen_async._tasks import background
-from zen_async.agents.ports import PortAllocator
+from zen_async.agents.port_reserve import ReservingPortAllocator
 from zen_async.agents.state import AgentStateManager
 from zen_async.agents.tasks import AgentTaskManager
 from zen_async.cache import Cache
@@ -20,6 +21,7 @@ from zen_async.degraded import JournalEntry, Replayable
 from zen_async.errors import ValidationError, ZenError
 from zen_async.events import EventLog
 from zen_async.events.export import EventExporter
+from zen_async.logs import configure_logging
 from zen_async.memory import AgentMemoryManager, Embedder, embedder_from_settings
 from zen_async.metrics import (
     MEMORY_CONSOLIDATION_FAILURES,
@@ -33,7 +35,7 @@ from zen_async.store.manager import RedisManager, open_redis_manager
 __all__ = ["Zen", "open_zen"]
 
 _TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_JOURNALED_SERVICES = frozenset({"agents", "cache", "conversations", "events", "memory"})
+_JOURNALED_SERVICES = frozenset({"agents", "cache", "conversations", "events", "memory", "ports"})
 _FAILURE_COUNTERS = {
     PORT_ALLOCATION_FAILURE: PORT_ALLOCATION_FAILURES,
     CONSOLIDATION_FAILURE: MEMORY_CONSOLIDATION_FAILURES,
@@ -76,7 +78,14 @@ class Zen:
             else Metrics(redis, tenant=self.tenant, enabled=settings.redis_enable_metrics)
         )
         self.events = EventLog(redis, tenant=self.tenant)
-        self.ports = PortAllocator(redis, tenant=self.tenant, on_event=self._port_event)
+        self.ports = ReservingPortAllocator(
+            redis,
+            tenant=self.tenant,
+            on_event=self._port_event,
+            # One pre-leased block per process: the root's (a tenant view has none).
+            reserve=settings.redis_port_reserve if metrics is None else 0,
+            reserve_ttl=settings.redis_port_reserve_ttl,
+        )
         self.agents = AgentStateManager(
             redis,
             self.events,
@@ -152,7 +161,8 @@ class Zen:
 async def open_zen(settings: Settings | None = None) -> AsyncIterator[Zen]:
     """Open zen_async: connection pools, background tasks and (when no server is configured,
     or ``REDIS_EMBEDDED=true``) a private embedded valkey-server. Leaving the block closes
-    everything, also when cancelled.
+    everything, also when cancelled. Unless the application configured structlog, logs go
+    to stderr as JSON lines at ``ZEN_LOG_LEVEL`` (never to stdout).
 
     Args:
         settings: the settings; ``Settings()`` (environment and ``.env``) when omitted.
@@ -163,6 +173,10 @@ async def open_zen(settings: Settings | None = None) -> AsyncIterator[Zen]:
     """
     if settings is None:  # reads the environment and .env: file I/O, kept off the loop
         settings = await anyio.to_thread.run_sync(Settings)
+    if not structlog.is_configured():
+        # structlog's default prints every level to stdout, which may be a protocol wire
+        # (MCP stdio): unless the application configured it, log JSON to stderr.
+        configure_logging(settings.zen_log_level)
     async with open_redis_manager(settings) as redis:
         zen = Zen(redis)
         redis.bind_services(
@@ -179,6 +193,7 @@ async def open_zen(settings: Settings | None = None) -> AsyncIterator[Zen]:
             "memory": zen.memory.run(),
             "metrics": zen.metrics.run(),
             "journal_replay": redis.degraded.run(),
+            "port_reserve": zen.ports.run(),
         }
         if zen.settings.redis_event_export:
             tasks["event_export"] = EventExporter(zen.events).run()

@@ -64,6 +64,9 @@ class DegradedMode:
         journal: the outage journal.
         enabled: False: no journal, no stale reads; an open circuit raises DegradedError.
         last_known_size: how many last-known values are kept for stale reads.
+        journal_writes: False: stale reads only; writes raise DegradedError while the
+            circuit is open (with ``REDIS_DURABILITY=replicated``, where an acknowledged
+            write must be on a replica, which a journaled one is not).
     """
 
     def __init__(
@@ -73,10 +76,12 @@ class DegradedMode:
         *,
         enabled: bool,
         last_known_size: int,
+        journal_writes: bool = True,
     ) -> None:
         self.breaker = breaker
         self.journal = journal
         self.enabled = enabled
+        self.journal_writes = enabled and journal_writes
         self._last_known: OrderedDict[Hashable, Any] = OrderedDict()
         self._last_known_size = last_known_size
         self._wake = anyio.Event()
@@ -113,16 +118,29 @@ class DegradedMode:
             CapacityError: the journal is full; the write was not accepted.
         """
         replay = in_bypass()  # the replay's own writes (resolution events) go straight through
-        if not self.enabled or replay or self.journal.depth == 0:
+        if not self.journal_writes or replay or self.journal.depth == 0:
             try:
                 return await apply()
             except DegradedError:
-                if not self.enabled or replay:
+                if not self.journal_writes or replay:
                     raise
+        return offline(await self.accept(kind, tenant, args))
+
+    def journaling(self) -> bool:
+        """True when a write must go to the journal rather than to Redis now: the journal
+        already holds writes (and this is not the replay itself)."""
+        return self.journal_writes and self.journal.depth > 0 and not in_bypass()
+
+    async def accept(self, kind: str, tenant: str, args: dict[str, Any]) -> JournalEntry:
+        """Journal a write whose caller decided it cannot reach Redis (see :meth:`write`).
+
+        Raises:
+            CapacityError: the journal is full; the write was not accepted.
+        """
         entry = await self.journal.append(kind, tenant, args)
         self._hold()
         log.info("write_journaled", kind=kind, op_id=entry.op_id, depth=self.journal.depth)
-        return offline(entry)
+        return entry
 
     def _hold(self) -> None:
         if self._since is None:
@@ -251,6 +269,7 @@ class DegradedMode:
         starts = [t for t in (self._since, opened_at) if t is not None]
         return {
             "enabled": self.enabled,
+            "journal_writes": self.journal_writes,
             "active": self.active,
             "replaying": self._replaying,
             "journal_depth": self.journal.depth,

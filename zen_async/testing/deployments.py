@@ -59,6 +59,8 @@ def settings_for(group: Group, **overrides: Any) -> Settings:
         "redis_embedded": "false",
         "redis_socket_timeout": 2.0,
         "redis_connect_timeout": 1.0,
+        # No pre-leased port block unless a test asks for one: tests count and pick ports.
+        "redis_port_reserve": 0,
     }
     if isinstance(group, Standalone):
         values["redis_url"] = group.url
