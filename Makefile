@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run health demo test lint typecheck unit bench clean
+.PHONY: help venv run health demo test lint typecheck unit bench reliability clean
 
 help:
 	@echo "make run    - the MCP server over HTTP on the embedded server (sets up .venv first)"
@@ -14,6 +14,7 @@ help:
 	@echo "make test   - ruff, mypy --strict and the whole test suite (sets up .venv first)"
 	@echo "make demo   - 1000 simulated agents through full lifecycles, with invariant checks"
 	@echo "              (configured or embedded server; DEMO_ARGS='--agents 200' to change)"
+	@echo "make reliability - the faults under a 1000-agent load; refreshes docs/reliability.md"
 	@echo "make bench  - every module in benchmarks/: results, summary, plots, README table"
 	@echo "              (BENCH_ARGS='--quick' for a smoke run, '--only core,agents')"
 
@@ -48,6 +49,10 @@ unit: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# The failover-under-load fault tests, writing their table into docs/reliability.md.
+reliability: $(STAMP)
+	WRITE_RELIABILITY_DOCS=1 $(BIN)/pytest -q tests/faults/test_failover_load.py
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
