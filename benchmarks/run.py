@@ -4,10 +4,12 @@
                              [--loop auto|uvloop|asyncio] [--no-profile]
                              [--no-readme | --readme PATH] [--report-only]
 
-Each module (core, agents, events, memory) runs on an event loop of its own — uvloop when it
-is installed (``pip install -e '.[bench]'``), else asyncio — against a private redis-server
-on a free loopback port (or ``--url``), and writes ``<out>/<module>.json`` and ``.md``,
-stamped with the loop that ran, the date, the machine and the server. Then, from every
+Each module (core, agents, events, memory, fleet, cluster, scaling, tasks) runs on an event
+loop of its own — uvloop when it is installed (``pip install -e '.[bench]'``), else
+asyncio — against a private redis-server on a free loopback port (or ``--url``; fleet,
+cluster and scaling also start a local Redis Cluster of their own), and writes
+``<out>/<module>.json`` and ``.md``, stamped with the loop that ran, the date, the machine
+and the server. Then, from every
 ``<module>.json`` in ``<out>`` (also those of earlier runs):
 
 - ``<out>/summary.md``: the machine, and one table of every scenario against each of its
@@ -54,7 +56,7 @@ from benchmarks._harness import (
     table,
 )
 
-MODULES: Final = ("core", "agents", "events", "memory")
+MODULES: Final = ("core", "agents", "events", "memory", "fleet", "cluster", "scaling", "tasks")
 README: Final = Path(__file__).resolve().parent.parent / "README.md"
 START: Final = "<!-- bench:start -->"
 END: Final = "<!-- bench:end -->"
@@ -109,12 +111,48 @@ async def _memory(url: str, *, quick: bool, profile: bool) -> ModuleRun:
     return ModuleRun(comparisons, memory.report(results), extra)
 
 
+async def _fleet(url: str, *, quick: bool, profile: bool) -> ModuleRun:
+    from benchmarks import fleet  # noqa: PLC0415 - a module is imported only when it runs
+
+    made = await fleet.run(url, quick=quick)
+    if profile and not quick:
+        made.outcome.profiles = await fleet.profiles(url)
+    return ModuleRun(made.comparisons, made.markdown(), made.extra())
+
+
+async def _cluster(url: str, *, quick: bool, profile: bool) -> ModuleRun:
+    from benchmarks import cluster  # noqa: PLC0415 - a module is imported only when it runs
+
+    outcome = await cluster.run(url, quick=quick)
+    return ModuleRun(outcome.comparisons, outcome.markdown(), outcome.extra())
+
+
+async def _scaling(url: str, *, quick: bool, profile: bool) -> ModuleRun:
+    from benchmarks import scaling  # noqa: PLC0415 - a module is imported only when it runs
+
+    made = await scaling.run(url, quick=quick)
+    return ModuleRun(made.comparisons, made.markdown(), made.extra())
+
+
+async def _tasks(url: str, *, quick: bool, profile: bool) -> ModuleRun:
+    from benchmarks import tasks  # noqa: PLC0415 - a module is imported only when it runs
+
+    outcome = await tasks.run(url, quick=quick)
+    if profile and not quick:
+        outcome.profiles = await tasks.profiles(url, outcome.checks)
+    return ModuleRun(outcome.comparisons, outcome.markdown(), outcome.extra())
+
+
 Runner = Callable[..., Awaitable[ModuleRun]]
 RUNNERS: Final[dict[str, Runner]] = {
     "core": _core,
     "agents": _agents,
     "events": _events,
     "memory": _memory,
+    "fleet": _fleet,
+    "cluster": _cluster,
+    "scaling": _scaling,
+    "tasks": _tasks,
 }
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from matplotlib.image import imread
 
-from benchmarks import agents, core, events, run
+from benchmarks import agents, cluster, core, events, fleet, run, scaling, tasks
 from benchmarks._harness import RESULTS, table
 from zen_async.testing.deployments import Target
 
@@ -144,3 +145,108 @@ def test_runner_refuses_a_readme_without_markers_and_unknown_modules(tmp_path: P
     with pytest.raises(SystemExit) as exited:
         run.main(["--only", "core,nope"])
     assert exited.value.code == 2
+
+
+# --- scale-out modules (fleet, cluster, scaling, tasks), through the runner -----------------
+def _quick_run(module: str, url: str, out: Path) -> dict[str, Any]:
+    """Run ``module`` in quick mode through the runner; its saved JSON."""
+    argv = ["--quick", "--only", module, "--out", str(out), "--url", url, "--no-readme"]
+    assert run.main(argv) == 0
+    assert (out / f"{module}.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    data: dict[str, Any] = orjson.loads((out / f"{module}.json").read_bytes())
+    assert data["quick"] is True
+    for r in data["results"]:
+        assert r["ratio"] > 0
+        assert r["scenario"]["ops_per_round"] > 0
+        assert r["baseline"]["ops_per_round"] > 0
+    return data
+
+
+def test_fleet_benchmark_quick_mode_runs_on_both_topologies_and_every_invariant_holds(
+    standalone: Target, tmp_path: Path
+) -> None:
+    data = _quick_run("fleet", standalone.url, tmp_path)
+    assert set(data["rounds"]) == {fleet.STANDALONE, fleet.CLUSTER}
+    for topology, rounds in data["rounds"].items():
+        assert len(rounds) == fleet.QUICK.rounds, topology
+        for made in rounds:
+            assert made["fleet_ops"] > 0
+            names = [i["name"] for i in made["invariants"]]
+            assert "no duplicate port among live leases" in names
+            assert "every transition has its state_changed event" in names
+            assert fleet.REPLAY_INVARIANT in names
+            failed = [i for i in made["invariants"] if not i["passed"]]
+            assert not failed, (topology, failed)
+    scenarios = [r["scenario"]["name"] for r in data["results"]]
+    assert scenarios[0] == f"fleet, all operations (no read-back) on {fleet.CLUSTER}"
+    for op in ("agent.transition", "port.allocate", "task.claim", "memory.search"):
+        assert f"fleet {op} on {fleet.CLUSTER}" in scenarios
+    assert all(r["scenario"]["rounds"] == fleet.QUICK.rounds for r in data["results"])
+    assert len(data["checks"]) == 2 * len(names)  # every invariant, on each topology
+    assert all(c["passed"] for c in data["checks"])
+    report = (tmp_path / "fleet.md").read_text(encoding="utf-8")
+    assert f"### Fleet on {fleet.STANDALONE}: per operation type" in report
+    assert "### Invariants, checked after every round" in report
+
+
+def test_cluster_benchmark_quick_mode_runs_each_scenario_on_both_topologies(
+    standalone: Target, tmp_path: Path
+) -> None:
+    data = _quick_run("cluster", standalone.url, tmp_path)
+    expected = list(cluster.names(agents.QUICK).values())
+    scenarios = [r["scenario"]["name"] for r in data["results"]]
+    assert sorted(scenarios) == sorted(f"{n} on {cluster.CLUSTER}" for n in expected)
+    baselines = [r["baseline"]["name"] for r in data["results"]]
+    assert baselines == [s.replace(cluster.CLUSTER, cluster.STANDALONE) for s in scenarios]
+    assert all(r["scenario"]["rounds"] == agents.QUICK.rounds for r in data["results"])
+    assert len(data["checks"]) == 5
+    assert all(c["measured"] > 0 for c in data["checks"])
+
+
+@pytest.mark.slow  # 8 client processes and a cluster: 16-25 s here
+def test_scaling_benchmark_quick_mode_runs_1_2_4_processes_and_the_cluster_checks(
+    standalone: Target, tmp_path: Path
+) -> None:
+    data = _quick_run("scaling", standalone.url, tmp_path)
+    scenarios = [r["scenario"]["name"] for r in data["results"]]
+    for label in scaling.LABELS.values():
+        assert f"{label}, 2 processes" in scenarios
+        assert f"{label}, 4 processes" in scenarios
+    agents_total = scaling.QUICK.cluster_agents
+    for phase in scaling.PHASES:
+        assert f"Cluster {agents_total:,} agents: {phase}, 4 processes" in scenarios
+    assert len(data["results"]) == 2 * len(scaling.KINDS) + 1 + len(scaling.PHASES)
+    runs = data["invariants"]
+    assert len(runs) == 2 * scaling.QUICK.cluster_rounds  # 1 and 4 processes, each round
+    for label, results in runs.items():
+        assert [name for name, _, _ in results] == [
+            "count_by_state totals",
+            "every agent in the state its process left it in",
+            "no duplicate port; one lease per agent",
+        ], label
+        assert all(passed for _, passed, _ in results), (label, results)
+    assert not data["errors"]
+    assert {f"standalone transitions, {n}" for n in ("1 process", "2 processes")} <= set(
+        data["cpu_percent"]
+    )
+
+
+def test_tasks_benchmark_quick_mode_runs_zen_and_arq_and_checks_every_task(
+    standalone: Target, tmp_path: Path
+) -> None:
+    # About 5 s; the first run also makes benchmarks/.arq-venv with pip (about 6 s more).
+    data = _quick_run("tasks", standalone.url, tmp_path)
+    n = tasks.names(tasks.QUICK)
+    assert [(r["scenario"]["name"], r["baseline"]["name"]) for r in data["results"]] == [
+        (n["single"], n["arq"]),
+        (n["single"], n["arq_defaults"]),
+        (n["bulk"], n["arq"]),
+        (n["bulk"], n["arq_defaults"]),
+    ]
+    for r in data["results"]:  # every task (job) of every round was done, on both sides
+        assert r["scenario"]["ops_per_round"] == r["baseline"]["ops_per_round"]
+        assert r["scenario"]["ops_per_round"] == tasks.QUICK.tasks
+    invariant = data["checks"][-1]
+    assert invariant["target"].startswith("every zen task completed")
+    assert invariant["passed"], invariant
+    assert any("arq 0." in note for note in data["notes"])

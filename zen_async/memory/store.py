@@ -162,8 +162,7 @@ class AgentMemoryManager:
             ValidationError: any bad item; then nothing is written.
         """
         prepared = [
-            prepare(self._redacted(item), self._layout, self._codec, self.options)
-            for item in items
+            prepare(self._redacted(item), self._layout, self._codec, self.options) for item in items
         ]
         missing = [p for p in prepared if p.vector is None]
         if missing:
