@@ -267,9 +267,10 @@ async def profile_search(zen: Zen, n: int) -> str:
 
 
 def blas_threads() -> list[int]:
-    """The thread count of each BLAS library numpy loaded, as seen from this thread."""
+    """The thread count of each BLAS library numpy loaded, as seen from this thread (a BLAS
+    that another package loaded, e.g. torch's in a test process, is not numpy's)."""
     controllers = ThreadpoolController().select(user_api="blas").lib_controllers
-    return [int(c.num_threads) for c in controllers]
+    return [int(c.num_threads) for c in controllers if "numpy" in str(c.filepath)]
 
 
 async def run(url: str, *, quick: bool) -> dict[str, Any]:

@@ -70,6 +70,7 @@ async def run_under_fault(
     call_bound: float,
     warmup: float = 1.0,
     deadline: float = 90.0,
+    settle: Callable[[], Awaitable[None]] | None = None,
 ) -> LoadReport:
     """Cycle ``agents`` agents between ready and running, call ``inject()`` once the load runs,
     go on until every agent has made progress after it, then check the ledger.
@@ -83,11 +84,11 @@ async def run_under_fault(
             budget: pool wait + connect + socket timeouts).
         warmup: seconds of load before the fault.
         deadline: seconds after the fault by which every agent must have progressed.
+        settle: awaited after the load stops, before the ledger is checked (e.g. until a
+            resumed old master has been demoted and has synced from the new one).
     """
     report = LoadReport(fault, agents, durability=zen.settings.redis_durability)
-    ids = [f"load-{i:05d}" for i in range(agents)]
-    await zen.agents.create_agents([AgentSpec(agent_id=i, agent_type="load") for i in ids])
-    await zen.agents.transition_many([(i, LifecycleState.READY, None) for i in ids])
+    ids = await _ready_agents(zen, agents)
     ledger: dict[str, list[tuple[int, str]]] = {i: [] for i in ids}
     state = dict.fromkeys(ids, LifecycleState.READY)
     injected_at: float | None = None
@@ -134,8 +135,17 @@ async def run_under_fault(
             report.recovery_seconds = max(progressed.values()) - injected_at
         await anyio.sleep(0.5)
         stop.set()
+    if settle is not None:
+        await settle()
     report.lost = await _check_ledger(zen, ledger)
     return report
+
+
+async def _ready_agents(zen: Zen, agents: int) -> list[str]:
+    ids = [f"load-{i:05d}" for i in range(agents)]
+    await zen.agents.create_agents([AgentSpec(agent_id=i, agent_type="load") for i in ids])
+    await zen.agents.transition_many([(i, LifecycleState.READY, None) for i in ids])
+    return ids
 
 
 async def _resync(zen: Zen, agent_id: str, state: dict[str, LifecycleState]) -> None:
@@ -177,6 +187,12 @@ def render_reliability(reports: list[LoadReport], *, header: str) -> str:
         "against the final records and the audit trails (a client-side ledger); *lost* counts",
         "acknowledged ones missing. *Recovery*: from the fault until every agent had a",
         "transition acknowledged again. *Refused*: calls that raised (never acknowledged).",
+        "",
+        "After a frozen Sentinel master resumes, it answers as master until the sentinels",
+        "demote it (about a second here): a connection still open to it reads its older data,",
+        "and a write it takes is refused with `replicated` durability (no replica confirms",
+        "it) but would be lost with `async`. The SIGSTOP row checks the ledger once the old",
+        "master is a replica in sync; mitigate on the servers with `min-replicas-to-write`.",
         "",
         header,
         "",
