@@ -149,6 +149,7 @@ def names(sizes: Sizes) -> dict[str, str]:
     c, b, rate = sizes.concurrency, sizes.bulk, round(sizes.concurrency / sizes.paced_interval)
     return {
         "t1": "zen transition (1 agent)",
+        "tM": f"zen transition x{max(1, c // 10)} concurrent agents",
         "tN": f"zen transition x{c} concurrent agents",
         "tmany": f"zen transition_many x{c} (one call)",
         "paced": f"zen transition, {c} agents paced ({rate}/s offered)",
@@ -696,6 +697,22 @@ async def run(url: str, *, quick: bool) -> Outcome:
                 calls=sizes.singles,
             ),
         )
+        mid = max(1, c // 10)  # the middle point: 100 agents in a full run
+        r["tM"] = await settled(
+            n["tM"],
+            lambda: compare_all(
+                (n["tM"], b.zen_transition(b.zen_many, single=False)),
+                [
+                    (
+                        f"redis-py EVALSHA agent_transition x{mid}",
+                        b.lua_transition(b.lua_many, single=False),
+                    )
+                ],
+                rounds=rounds,
+                calls=mid,
+                concurrent=True,
+            ),
+        )
         r["tN"] = await settled(
             n["tN"],
             lambda: compare_all(
@@ -752,7 +769,7 @@ async def run(url: str, *, quick: bool) -> Outcome:
         outcome.sections.append(
             (
                 "Transitions (ops = transitions; p50/p99 of one transition)",
-                [*r["t1"], *r["tN"], *r["tmany"], *r["paced"]],
+                [*r["t1"], *r["tM"], *r["tN"], *r["tmany"], *r["paced"]],
             )
         )
 

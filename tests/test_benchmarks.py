@@ -39,7 +39,7 @@ async def test_agents_benchmark_quick_mode_measures_every_scenario_and_target(
     outcome = await agents.run(standalone.group.url, quick=True)  # type: ignore[union-attr]
     scenarios = list(dict.fromkeys(c.scenario.name for c in outcome.comparisons))
     assert scenarios == list(agents.names(agents.QUICK).values())
-    assert len(outcome.comparisons) == 21  # every scenario against each of its baselines
+    assert len(outcome.comparisons) == 22  # every scenario against each of its baselines
     for c in outcome.comparisons:
         assert c.scenario.rounds == c.baseline.rounds == agents.QUICK.rounds
         assert c.scenario.ops_per_round > 0
