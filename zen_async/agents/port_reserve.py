@@ -28,7 +28,7 @@ from zen_async.agents.ports import (
     _check_agent,
     _check_host,
 )
-from zen_async.degraded import JournalEntry
+from zen_async.degraded import OFFLINE, JournalEntry
 from zen_async.errors import ConflictError, DegradedError, ZenError
 from zen_async.store.manager import RedisManager
 
@@ -95,12 +95,13 @@ class ReservingPortAllocator(PortAllocator):
                 range (the message says which).
             ValidationError, CapacityError: as :meth:`PortAllocator.allocate`.
         """
-        if not self._degraded.journaling():
-            try:
-                return await super().allocate(agent_id, host=host, port_range=port_range)
-            except DegradedError:
-                if not self._degraded.journal_writes:
-                    raise
+        lease = await self._degraded.attempt(
+            lambda: super(ReservingPortAllocator, self).allocate(
+                agent_id, host=host, port_range=port_range
+            )
+        )
+        if lease is not OFFLINE:
+            return lease
         return await self._allocate_offline(agent_id, host, port_range)
 
     async def _allocate_offline(

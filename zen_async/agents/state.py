@@ -56,10 +56,9 @@ from zen_async.agents.models import (
     TransitionResult,
     validate_agent_type,
 )
-from zen_async.degraded import JournalEntry
+from zen_async.degraded import OFFLINE, JournalEntry
 from zen_async.errors import (
     ConflictError,
-    DegradedError,
     NotFoundError,
     ValidationError,
     ZenError,
@@ -274,12 +273,11 @@ class AgentStateManager:
                     f"{type(metadata).__name__}"
                 )
             changes["metadata"] = self._redactor.redact(metadata, what="agent metadata")
-        if not self._degraded.journaling():
-            try:
-                return await self._update_now(agent_id, changes, expected_version)
-            except DegradedError:
-                if not self._degraded.journal_writes:
-                    raise
+        done = await self._degraded.attempt(
+            lambda: self._update_now(agent_id, changes, expected_version)
+        )
+        if done is not OFFLINE:
+            return done
         known, after = offline_update(
             self._degraded, self._tenant, agent_id, changes, expected_version
         )
@@ -359,12 +357,11 @@ class AgentStateManager:
                 its ``event_id`` is then ``journal:<op id>``).
         """
         keys, args, target = self._transition_call(agent_id, to_state, expected_version, reason)
-        if not self._degraded.journaling():
-            try:
-                return await self._transition_now(agent_id, keys, args, target)
-            except DegradedError:
-                if not self._degraded.journal_writes:
-                    raise
+        result = await self._degraded.attempt(
+            lambda: self._transition_now(agent_id, keys, args, target)
+        )
+        if result is not OFFLINE:
+            return result
         known, after = offline_transition(
             self._degraded, self._tenant, agent_id, target, expected_version
         )
@@ -511,18 +508,20 @@ class AgentStateManager:
         gauges = ["" if v is None else str(v) for v in (memory_mb, cpu_percent, connections)]
         for agent_id in agent_ids:
             validate_agent_id(agent_id)
-        if not self._degraded.journaling():
-            try:
-                with self._timed("heartbeat"):
-                    return await self._batches.heartbeat(agent_ids, gauges)
-            except DegradedError:
-                if not self._degraded.journal_writes:
-                    raise
+        expiries = await self._degraded.attempt(lambda: self._heartbeats_now(agent_ids, gauges))
+        if expiries is not OFFLINE:
+            return expiries
         await self._degraded.accept(
             "agents.heartbeat", self._tenant, {"agent_ids": list(agent_ids), "gauges": gauges}
         )
         expiry = offline_heartbeat(self._lease_ms)
         return [expiry for _ in agent_ids]
+
+    async def _heartbeats_now(
+        self, agent_ids: Sequence[str], gauges: list[str]
+    ) -> list[datetime | ZenError | None]:
+        with self._timed("heartbeat"):
+            return await self._batches.heartbeat(agent_ids, gauges)
 
     async def replay_journaled(self, entry: JournalEntry) -> None:
         """Apply a transition, update or heartbeat journaled during an outage, exactly once

@@ -18,7 +18,8 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, Protocol, TypeVar
+from enum import Enum
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 import anyio
 import structlog
@@ -27,11 +28,20 @@ from zen_async.degraded.journal import JournalEntry, OutageJournal
 from zen_async.errors import BackendError, DegradedError, ZenError
 from zen_async.store.breaker import CircuitBreaker, bypassing_hold, in_bypass
 
-__all__ = ["DegradedMode", "Replayable"]
+__all__ = ["OFFLINE", "DegradedMode", "Offline", "Replayable"]
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+
+
+class Offline(Enum):
+    """What :meth:`DegradedMode.attempt` returns for a write that must be journaled."""
+
+    OFFLINE = "offline"
+
+
+OFFLINE: Final = Offline.OFFLINE
 
 _MISSING: Any = object()
 _MIN_BACKOFF = 0.05
@@ -117,19 +127,29 @@ class DegradedMode:
             DegradedError: degraded mode is disabled and the circuit is open.
             CapacityError: the journal is full; the write was not accepted.
         """
-        replay = in_bypass()  # the replay's own writes (resolution events) go straight through
-        if not self.journal_writes or replay or self.journal.depth == 0:
-            try:
-                return await apply()
-            except DegradedError:
-                if not self.journal_writes or replay:
-                    raise
+        done = await self.attempt(apply)
+        if done is not OFFLINE:
+            return done
         return offline(await self.accept(kind, tenant, args))
 
-    def journaling(self) -> bool:
-        """True when a write must go to the journal rather than to Redis now: the journal
-        already holds writes (and this is not the replay itself)."""
-        return self.journal_writes and self.journal.depth > 0 and not in_bypass()
+    async def attempt(self, apply: Callable[[], Awaitable[T]]) -> T | Literal[Offline.OFFLINE]:
+        r"""``await apply()``, or :data:`OFFLINE` when the write must be journaled instead:
+        the journal already holds writes (it stays behind them), or the circuit is open.
+        A caller that gets OFFLINE checks what it can offline, then :meth:`accept`\ s it.
+
+        Raises:
+            DegradedError: the circuit is open and writes are not journaled (degraded mode
+                off, replicated durability), or this is the replay itself.
+        """
+        replay = in_bypass()  # the replay's own writes (resolution events) go straight through
+        if self.journal_writes and not replay and self.journal.depth > 0:
+            return OFFLINE
+        try:
+            return await apply()
+        except DegradedError:
+            if not self.journal_writes or replay:
+                raise
+            return OFFLINE
 
     async def accept(self, kind: str, tenant: str, args: dict[str, Any]) -> JournalEntry:
         """Journal a write whose caller decided it cannot reach Redis (see :meth:`write`).
