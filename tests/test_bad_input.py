@@ -13,8 +13,8 @@ Two properties hold for every call:
 Inputs: agent ids, state names and unicode (lone surrogates included); payloads up to and
 past the limits; vectors with NaN, infinity, float32 overflow or the wrong dimension;
 negative, zero, NaN and huge TTLs; key-injection attempts (``*``, ``:``, ``{``, ``}``,
-newlines, spaces, very long). Inputs that the code wrongly accepts or that escape as a raw
-exception are pinned below as ``xfail(strict=True)`` tests naming the bug.
+newlines, spaces, very long). Each input the properties found wrongly accepted, escaping as a
+raw exception or leaving a trace is pinned below as a regression test of its own.
 """
 
 from __future__ import annotations
@@ -703,12 +703,6 @@ async def test_conflicts_leave_no_trace(world: World) -> None:
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agents/ports.py allocate(): _note_hosts() records the agent's host "
-    "(ports:agent:{zN}:<agent>:hosts) before the allocation script runs, so a CapacityError "
-    "leaves that entry behind for an agent that holds no lease",
-)
 async def test_an_exhausted_port_range_leaves_no_trace(world: World) -> None:
     await world.zen.ports.allocate("a1", port_range=(40500, 40501))
     async with unchanged(world):
@@ -719,9 +713,7 @@ async def test_an_exhausted_port_range_leaves_no_trace(world: World) -> None:
         )
 
 
-# --- known bad inputs the properties found ---------------------------------------------------
-# Each is one failing example, in a module another change owns; strict xfail keeps it visible
-# until that module is fixed (then the xfail fails and is removed).
+# --- bad inputs the properties found (each was a bug, now fixed) ------------------------------
 async def test_create_agent_with_an_empty_id(world: World) -> None:
     async with unchanged(world):
         await rejected(lambda: world.zen.agents.create_agent("coder", agent_id=""), *ID_WORDS)

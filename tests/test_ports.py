@@ -88,6 +88,20 @@ async def test_exhaustion_raises_capacity_error_with_range_and_count(zen: Zen) -
     assert (stats.in_use, stats.free) == (3, 0)
 
 
+async def test_a_refused_allocation_keeps_the_host_of_a_lease_the_agent_holds(zen: Zen) -> None:
+    """A CapacityError takes back the host the allocation noted, unless the agent still holds
+    a lease there: release_agent must find that lease afterwards."""
+    alloc = PortAllocator(zen.redis, host="node-a")
+    held = await alloc.allocate("a0", port_range=(4100, 4101))
+    with pytest.raises(CapacityError):
+        await alloc.allocate("a0", port_range=(4100, 4101))
+    with pytest.raises(CapacityError):
+        await alloc.allocate("a1", port_range=(4100, 4101))
+    assert await alloc.leases("a1") == []
+    assert await alloc.leases("a0") == [held]
+    assert await alloc.release_agent("a0") == 1
+
+
 async def test_fencing_tokens_strictly_increase_per_host(zen: Zen) -> None:
     first = PortAllocator(zen.redis, host="node-a")
     second = PortAllocator(zen.redis, host="node-a")

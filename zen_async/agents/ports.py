@@ -192,6 +192,13 @@ class PortAllocator:
         host = self.host if host is None else _check_host(host)
         first, last = self.default_range if port_range is None else _check_range(port_range)
         await self._note_hosts(agent_id, [host])
+        try:
+            return await self._allocate_noted(agent_id, host, first, last)
+        except CapacityError:
+            await self._forget_host_if_unused(agent_id, host)
+            raise
+
+    async def _allocate_noted(self, agent_id: str, host: str, first: int, last: int) -> PortLease:
         checking = self.check_bindable and host == self.host
         for _ in range(_BIND_ATTEMPTS if checking else 1):
             lease = await self._allocate_once(agent_id, host, first, last)
@@ -513,6 +520,26 @@ class PortAllocator:
             for _, chunk in shard_chunks(agent_ids, self._shards, self._ks.batch_size)
         ]
         await self._ks.run_script_many("port_agent_hosts", calls, idempotent=True)
+
+    async def _forget_host_if_unused(self, agent_id: str, host: str) -> None:
+        """Undo the note of a failed allocation, so that a refusal leaves no trace: remove
+        ``host`` from the agent's host index if the agent holds no lease there and no other
+        allocation noted it again meanwhile (that would have raised its deadline)."""
+        hosts_key = self._hosts_key(agent_id)
+        noted = await self._ks.execute("ZSCORE", hosts_key, host)
+        if noted is None:
+            return
+        held = await self._ks.execute(
+            "ZRANGEBYLEX",
+            self._host_key(host, "byagent"),
+            f"[{agent_id}|",
+            f"({agent_id}}}",
+            "LIMIT",
+            0,
+            1,
+        )
+        if not held:
+            await self._ks.run_script("port_forget_host", [hosts_key], [host, _text(noted)])
 
     async def _hosts_of(self, agent_id: str) -> list[str]:
         reply = await self._ks.execute("ZRANGE", self._hosts_key(agent_id), 0, -1)
