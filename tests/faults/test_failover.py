@@ -4,6 +4,7 @@ standalone server, and a restart. Each fault test starts its own deployment."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -11,8 +12,9 @@ from typing import TypeVar
 
 import anyio
 import pytest
+import redis.asyncio as aredis
 
-from zen_async import BreakerState, DegradedError, ZenError, open_zen
+from zen_async import BreakerState, DegradedError, Zen, ZenError, open_zen
 from zen_async.testing import ClusterGroup, Flavor, SentinelGroup, ServerProcess, Standalone
 from zen_async.testing.deployments import settings_for
 
@@ -83,6 +85,63 @@ async def test_sentinel_master_kill_resumes_on_the_new_master(
             assert status["sentinel"]["master"] == f"{new.host}:{new.port}"
             assert status["redis_available"] is True
             print(f"{flavor} sentinel failover: operations resumed after {took:.2f}s")
+    finally:
+        await anyio.to_thread.run_sync(group.stop)
+
+
+def pooled_addresses(zen: Zen) -> set[tuple[str, int]]:
+    """Where the open connections of every pool (idle or checked out) point."""
+    found: set[tuple[str, int]] = set()
+    for _, client in zen.redis._backend.distinct_clients():
+        assert isinstance(client, aredis.Redis)
+        pool = client.connection_pool
+        for conn in [*pool._available_connections, *pool._in_use_connections]:
+            if conn.is_connected:
+                found.add((conn.host, int(getattr(conn, "port", 0))))
+    return found
+
+
+async def test_sentinel_pools_leave_a_frozen_then_resumed_former_master(tmp_path: Path) -> None:
+    """A master frozen past a failover answers as master again once resumed, until the
+    sentinels demote it. Its connections must not stay in the pools: an idle one would read
+    its older data. A health check (every REDIS_HEALTH_CHECK_INTERVAL) closes the idle ones,
+    and one that was waiting on it is closed when it is returned."""
+    group = SentinelGroup("redis", base_dir=tmp_path, down_after_ms=1000)
+    await anyio.to_thread.run_sync(group.start)
+    try:
+        settings = settings_for(
+            group,
+            redis_socket_timeout=20.0,  # the call waiting on the frozen master outlives it
+            redis_health_check_interval=3600.0,  # checks run when the test says
+            redis_max_connections=8,
+        )
+        async with open_zen(settings) as zen:
+            ks = zen.redis.keyspace("state")
+            key = ks.key("value")
+            await ks.set(key, b"old")
+            assert await ks.execute("WAIT", 2, 2000) == 2
+            await asyncio.gather(*(ks.get(key) for _ in range(8)))  # open several connections
+            old = group.current_master()
+            assert pooled_addresses(zen) == {old.address}
+
+            old.pause()
+            waiting = asyncio.ensure_future(ks.get(key))
+            new = await anyio.to_thread.run_sync(lambda: group.wait_for_new_master(old))
+            direct = aredis.Redis(host=new.host, port=new.port, db=zen.redis._backend.dbs["state"])
+            try:
+                await direct.set(key, b"new")  # written on the new master only
+            finally:
+                await direct.aclose()
+            old.resume()
+            with contextlib.suppress(ZenError):
+                await waiting  # answered by the former master (or refused): it was in flight
+
+            status = await zen.redis.check_health()
+            assert status["sentinel"]["master"] == f"{new.host}:{new.port}"
+            assert old.address not in pooled_addresses(zen)
+            values = await asyncio.gather(*(ks.get(key) for _ in range(8)))
+            assert values == [b"new"] * 8
+            assert pooled_addresses(zen) == {new.address}
     finally:
         await anyio.to_thread.run_sync(group.stop)
 

@@ -18,6 +18,7 @@ import structlog
 
 from zen_async.config import Settings
 from zen_async.errors import BackendError, DegradedError, ZenError
+from zen_async.store._errors import RedisFailure
 from zen_async.store.breaker import BreakerState, bypassing_hold
 from zen_async.store.keyspace import CommandRunner, Keyspace
 from zen_async.store.topology import Backend
@@ -188,6 +189,7 @@ class HealthMonitor:
         by_client: dict[int, str] = {}
         errors: list[str] = []
         samples: list[float] = []
+        master = await self._follow_master(errors)
         for seed_name, ks_name in SEED_DATABASES.items():
             ks = self._keyspaces[ks_name]
             client_id = id(self._backend.clients[ks_name])
@@ -210,7 +212,7 @@ class HealthMonitor:
             errors=errors,
         )
         if report.available:
-            await self._server_facts(report)
+            await self._server_facts(report, master)
         if self.active_agents_source is not None:
             try:
                 report.active_agents = await self.active_agents_source()
@@ -235,7 +237,7 @@ class HealthMonitor:
         else:
             self._latency_high_since = None
 
-    async def _server_facts(self, report: HealthReport) -> None:
+    async def _server_facts(self, report: HealthReport, master: tuple[str, int] | None) -> None:
         ks = self._keyspaces["state"]
         try:
             info = await self._info(ks, "server")
@@ -252,8 +254,8 @@ class HealthMonitor:
             }
             if self._backend.topology == "cluster":
                 report.cluster = await self._cluster_facts(ks)
-            elif self._backend.topology == "sentinel":
-                report.sentinel = await self._sentinel_facts()
+            elif self._backend.topology == "sentinel" and master is not None:
+                report.sentinel = self._sentinel_facts(master)
         except ZenError as exc:
             report.errors.append(f"server facts: {exc}")
 
@@ -292,15 +294,25 @@ class HealthMonitor:
             "primaries": len(infos),
         }
 
-    async def _sentinel_facts(self) -> dict[str, Any]:
-        sentinel, name = self._backend.sentinel, self._backend.master_name
+    async def _follow_master(self, errors: list[str]) -> tuple[str, int] | None:
+        """On Sentinel, the master the sentinels name now, with every pool pointed at it
+        before the pings (so a resumed former master is neither probed nor read); None
+        elsewhere, or when the sentinels cannot be asked (the reason goes to ``errors``)."""
+        if self._backend.sentinel is None:
+            return None
+        try:
+            # Not through the breaker: the sentinels answering says nothing of the master.
+            return await self._backend.follow_master()
+        except RedisFailure as exc:
+            errors.append(f"sentinel: {self._runner.map(exc)}")
+            return None
+
+    def _sentinel_facts(self, master: tuple[str, int]) -> dict[str, Any]:
+        sentinel = self._backend.sentinel
         assert sentinel is not None
-        assert name is not None
-        host, port = await self._runner.call(
-            lambda: sentinel.discover_master(name), idempotent=True
-        )
+        host, port = master
         return {
-            "master_name": name,
+            "master_name": self._backend.master_name,
             "master": f"{host}:{port}",
             "sentinels": len(sentinel.sentinels),
         }

@@ -27,7 +27,12 @@ from typing import Any, Final
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
-from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
@@ -59,7 +64,41 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
     ``SentinelConnectionPool`` finds the master (and re-finds it after a failover);
     ``BlockingConnectionPool`` supplies ``get_connection``/``release`` that wait up to
     ``timeout`` seconds. Neither overrides what the other provides.
+
+    redis-py re-asks the sentinels only when a connection (re)connects, and never looks at
+    the connections already open. A master frozen past a failover and then resumed answers
+    as master until the sentinels demote it, so those connections would read its older data
+    and send it writes. Two additions close that: :meth:`follow` (the health check calls it
+    with the master the sentinels name, every interval) closes every connection to a former
+    master, and :meth:`release` closes a returned one.
     """
+
+    async def follow(self, master: tuple[str, int]) -> int:
+        """Point the pool at ``master`` and close each open connection to another server:
+        idle ones, and checked-out ones too (a pub/sub subscriber then reconnects; a command
+        waiting on a former master fails as a connection error rather than answer from it).
+
+        Returns:
+            How many connections were closed.
+        """
+        self.master_address = master
+        stale = [
+            conn
+            for conn in (*self._available_connections, *self._in_use_connections)
+            if conn.is_connected and _address(conn) != master
+        ]
+        await asyncio.gather(*(conn.disconnect() for conn in stale), return_exceptions=True)
+        return len(stale)
+
+    async def release(self, connection: AbstractConnection) -> None:
+        """Return ``connection``, closed first if it is open to a former master."""
+        if self.master_address is not None and _address(connection) != self.master_address:
+            await connection.disconnect()
+        await super().release(connection)
+
+
+def _address(connection: AbstractConnection) -> tuple[str | None, int | None]:
+    return getattr(connection, "host", None), getattr(connection, "port", None)
 
 
 class AuthAwareSentinel(Sentinel):
@@ -128,6 +167,22 @@ class Backend:
         for name, client in self.clients.items():
             seen.setdefault(id(client), (name, client))
         return list(seen.values())
+
+    async def follow_master(self) -> tuple[str, int] | None:
+        """On Sentinel, ask the sentinels for the master and point every pool at it (see
+        :class:`BlockingSentinelConnectionPool`); returns its address (None elsewhere).
+
+        Raises:
+            MasterNotFoundError, SentinelAuthFailure: as ``Sentinel.discover_master``.
+        """
+        if self.sentinel is None or self.master_name is None:
+            return None
+        master: tuple[str, int] = await self.sentinel.discover_master(self.master_name)
+        for _, client in self.distinct_clients():
+            pool = client.connection_pool if isinstance(client, Redis) else None
+            if isinstance(pool, BlockingSentinelConnectionPool):
+                await pool.follow(master)
+        return master
 
     def pool_usage(self) -> dict[str, dict[str, int]]:
         """Connections in use and idle per pool (per cluster node on Cluster)."""
