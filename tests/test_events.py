@@ -144,6 +144,29 @@ async def test_poison_event_goes_to_dead_letter_after_n_deliveries(standalone: T
     assert stats.failed == 3
 
 
+async def test_a_long_handler_keeps_its_entry_and_a_failure_is_retried(zen: Zen) -> None:
+    """A handler running for many min-idle periods is not claimed from under itself (no
+    delivery is counted while it runs), so one failure leads to one retry, not to the
+    dead-letter stream."""
+    calls: list[float] = []
+
+    async def slow_then_fine(event: Event) -> None:
+        calls.append(asyncio.get_running_loop().time())
+        if len(calls) == 1:
+            await asyncio.sleep(1.5)  # 5 x min_idle
+            raise RuntimeError("transient")
+
+    await zen.events.publish("jobs", "job", {})
+    consumer = zen.events.consumer(
+        "workers", ["jobs"], slow_then_fine, start_id="0", min_idle=0.3, max_deliveries=3
+    )
+    async with consumer:
+        await consumer.wait_handled(1, timeout=30)
+    stats = consumer.statistics()
+    assert (len(calls), stats.failed, stats.handled, stats.dead_lettered) == (2, 1, 1, 0)
+    assert await zen.events.dead_letters("jobs", "workers") == []
+
+
 async def test_a_handled_event_whose_ack_was_lost_is_not_handled_again(zen: Zen) -> None:
     handled: list[str] = []
 

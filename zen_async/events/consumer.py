@@ -56,8 +56,10 @@ class Consumer:
         concurrency: handlers running at once.
         batch: entries per read.
         block: seconds one blocking read waits (kept below the socket timeout).
-        min_idle: seconds an entry must sit unacknowledged before another consumer may claim
-            it; must exceed the handler's longest run.
+        min_idle: seconds an entry of a dead (or paused) consumer sits unacknowledged before
+            another member claims it, and a failed entry waits before its retry. A live
+            consumer touches the entries it is handling every ``min_idle / 2`` seconds, so a
+            handler may run longer.
         max_deliveries: deliveries after which an entry goes to the dead-letter stream
             instead of the handler.
         start_id: where a new group starts: ``$`` (new events only) or ``0`` (everything).
@@ -301,9 +303,20 @@ class Consumer:
                 return
             for ref in self._refs.values():
                 try:
+                    await self._touch(ref)
                     await self._claim(ref)
                 except ZenError as exc:
                     log.warning("consumer_claim_failed", stream=ref.name, error=str(exc))
+
+    async def _touch(self, ref: StreamRef) -> None:
+        """Keep the entries being handled (or queued) here from looking abandoned: without
+        this, XAUTOCLAIM would hand a long handler's entry to another member, or back to this
+        one, counting a delivery each time, so that one failure could dead-letter it."""
+        ids = [entry_id for key, entry_id in self._inflight if key == ref.key]
+        for i in range(0, len(ids), self._batch):
+            await ref.ks.run_script(
+                "event_touch", [ref.key], [self.group, self.name, *ids[i : i + self._batch]]
+            )
 
     async def _claim(self, ref: StreamRef) -> None:
         cursor = "0-0"
