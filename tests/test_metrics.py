@@ -5,12 +5,14 @@ alert rules written against it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,11 +22,16 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from zen_async import ValidationError, Zen, open_zen
+from zen_async import BreakerState, CapacityError, ValidationError, Zen, ZenError, open_zen
 from zen_async.metrics import (
+    ACTIVE_AGENTS,
+    CIRCUIT_BREAKER_ACTIVATIONS,
+    COORDINATION_EVENTS,
     CORE_METRICS,
+    MEMORY_OPERATION_LATENCY,
     METRICS_DROPPED,
     PORT_ALLOCATION_FAILURES,
+    PORT_ALLOCATION_SUCCESSES,
     RELATIVE_ERROR,
     STATE_OPERATION_LATENCY,
     Metrics,
@@ -551,3 +558,69 @@ def test_alert_rules_pass_promtool_check_and_unit_tests(promtool: str) -> None:
     for command in (["check", "rules", str(ALERTS)], ["test", "rules", str(ALERTS_TEST)]):
         run = subprocess.run([promtool, *command], capture_output=True, check=False)
         assert run.returncode == 0, run.stdout.decode() + run.stderr.decode()
+
+
+# --- the seed's metrics, recorded by the services themselves -----------------------------------
+@pytest.mark.slow
+async def test_the_seed_metrics_are_recorded_by_real_operations(tmp_path: Path) -> None:
+    """Nothing here records a metric by hand: the agents, memory, ports, the breaker, the
+    waiters' hints and the health check do, and a flush makes them queryable."""
+    group = Standalone("redis", base_dir=tmp_path)
+    await anyio.to_thread.run_sync(group.start)
+    try:
+        settings = settings_for(
+            group,
+            redis_socket_timeout=0.3,
+            redis_connect_timeout=0.3,
+            redis_retry_attempts=0,
+            redis_breaker_failure_threshold=2,
+            redis_breaker_reset_timeout=0.5,
+            redis_health_check_interval=3600.0,  # checks run when the test says
+        )
+        async with open_zen(settings) as zen:
+            since = time.time() - 60
+            agent = await zen.agents.create_agent("coder", agent_id="m1")
+            waiting = asyncio.ensure_future(
+                zen.agents.wait_for_state(agent.agent_id, ["ready"], timeout=30)
+            )
+            await asyncio.sleep(0.1)  # let the waiter register before the hint is sent
+            await zen.agents.transition(agent.agent_id, "ready")
+            assert await waiting == "ready"
+            await zen.memory.store_memory(agent.agent_id, "the build is green")
+            await zen.memory.search_memories(agent.agent_id, "build")
+            await zen.ports.allocate(agent.agent_id, port_range=(47000, 47001))
+            with pytest.raises(CapacityError):
+                await zen.ports.allocate("m2", port_range=(47000, 47001))
+
+            group.server.pause()  # the breaker opens on timeouts
+            try:
+                for _ in range(2):
+                    with contextlib.suppress(ZenError):
+                        await zen.cache.get("anything")
+                assert zen.redis.breaker.statistics().state is BreakerState.OPEN
+            finally:
+                group.server.resume()
+            await wait_for(lambda: ok(zen.redis.check_health()))
+            zen.metrics.collect_core_metrics()
+            await flush_until_written(zen.metrics)
+
+            async def observed(name: str) -> int:  # histograms: how many values
+                return sum(p.count for p in await zen.metrics.query(name, since=since))
+
+            async def counted(name: str) -> float:  # counters: the total
+                return sum(p.sum for p in await zen.metrics.query(name, since=since))
+
+            assert await observed(STATE_OPERATION_LATENCY) >= 2  # create + transition
+            assert await observed(MEMORY_OPERATION_LATENCY) >= 2  # store + search
+            assert await counted(PORT_ALLOCATION_SUCCESSES) == 1
+            assert await counted(PORT_ALLOCATION_FAILURES) == 1
+            assert await counted(CIRCUIT_BREAKER_ACTIVATIONS) >= 1
+            assert await counted(COORDINATION_EVENTS) >= 1
+            (active,) = (await zen.metrics.query(ACTIVE_AGENTS, since=since))[-1:]
+            assert active.max == 1
+    finally:
+        await anyio.to_thread.run_sync(group.stop)
+
+
+async def ok(check: Awaitable[dict[str, Any]]) -> bool:
+    return bool((await check)["redis_available"])

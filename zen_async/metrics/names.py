@@ -69,7 +69,8 @@ PORT_ALLOCATION_FAILURES: Final = "zen_port_allocation_failures_total"
 MEMORY_CONSOLIDATION_FAILURES: Final = "zen_memory_consolidation_failures_total"
 """Counter: memory consolidation runs that failed."""
 COORDINATION_EVENTS: Final = "zen_coordination_events_total"
-"""Counter: cross-agent coordination events published (tag ``type``)."""
+"""Counter: cross-agent coordination hints (agent state changes on the pub/sub channel) this
+instance received while it had waiters to wake (tag ``type``)."""
 
 # --- read from the core by Metrics.collect_core_metrics() -------------------------------------
 ACTIVE_AGENTS: Final = "zen_active_agents"
