@@ -70,7 +70,6 @@ async def run_under_fault(
     call_bound: float,
     warmup: float = 1.0,
     deadline: float = 90.0,
-    settle: Callable[[], Awaitable[None]] | None = None,
 ) -> LoadReport:
     """Cycle ``agents`` agents between ready and running, call ``inject()`` once the load runs,
     go on until every agent has made progress after it, then check the ledger.
@@ -84,8 +83,6 @@ async def run_under_fault(
             budget: pool wait + connect + socket timeouts).
         warmup: seconds of load before the fault.
         deadline: seconds after the fault by which every agent must have progressed.
-        settle: awaited after the load stops, before the ledger is checked (e.g. until a
-            resumed old master has been demoted and has synced from the new one).
     """
     report = LoadReport(fault, agents, durability=zen.settings.redis_durability)
     ids = await _ready_agents(zen, agents)
@@ -135,8 +132,6 @@ async def run_under_fault(
             report.recovery_seconds = max(progressed.values()) - injected_at
         await anyio.sleep(0.5)
         stop.set()
-    if settle is not None:
-        await settle()
     report.lost = await _check_ledger(zen, ledger)
     return report
 
@@ -189,10 +184,12 @@ def render_reliability(reports: list[LoadReport], *, header: str) -> str:
         "transition acknowledged again. *Refused*: calls that raised (never acknowledged).",
         "",
         "After a frozen Sentinel master resumes, it answers as master until the sentinels",
-        "demote it (about a second here): a connection still open to it reads its older data,",
-        "and a write it takes is refused with `replicated` durability (no replica confirms",
-        "it) but would be lost with `async`. The SIGSTOP row checks the ledger once the old",
-        "master is a replica in sync; mitigate on the servers with `min-replicas-to-write`.",
+        "demote it (about a second here). The pools follow the master the sentinels name",
+        "(on every reconnect and every health check) and close their connections to a former",
+        "one, so the ledger is checked as soon as the load stops; a write sent to the old",
+        "master just before it froze is answered by it on resume, refused with `replicated`",
+        "durability (no replica confirms it) but lost with `async`: mitigate on the servers",
+        "with `min-replicas-to-write`.",
         "",
         header,
         "",
