@@ -1,11 +1,17 @@
-"""The circuit breaker's state machine, on a fake clock (tests never sleep)."""
+"""The circuit breaker's state machine, on a fake clock (tests never sleep); and, on a real
+server, what the core counts: outages only, never an error reply or an exhausted pool."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
 
-from zen_async import DegradedError
+from zen_async import BackendError, CapacityError, DegradedError, Zen, open_zen
 from zen_async.store import BreakerState, CircuitBreaker
+from zen_async.testing.deployments import Target
+from zen_async.testing.waiting import wait_for
 
 
 class FakeClock:
@@ -84,3 +90,54 @@ def test_a_probe_without_verdict_frees_the_slot(breaker: CircuitBreaker, clock: 
     assert breaker.before_call() is True
     breaker.release_probe()  # e.g. the probe was cancelled
     assert breaker.before_call() is True
+
+
+# --- what the core counts, on a real server ----------------------------------------------
+
+
+def failure_counters(zen: Zen) -> tuple[int, int, int]:
+    stats = zen.redis.breaker.statistics()
+    return stats.consecutive_failures, stats.total_failures, stats.times_opened
+
+
+async def test_an_error_reply_leaves_the_failure_counters_unchanged(standalone: Target) -> None:
+    """WRONGTYPE is the server answering: not an outage."""
+    async with open_zen(standalone.settings(redis_enable_metrics=False)) as zen:
+        ks = zen.redis.keyspace("state")
+        await ks.set(ks.key("a-string"), b"x")
+        before = failure_counters(zen)
+        for _ in range(5):  # more than the default threshold, were they counted
+            with pytest.raises(BackendError, match="WRONGTYPE"):
+                await ks.execute("LPUSH", ks.key("a-string"), b"y")
+        assert failure_counters(zen) == before == (0, 0, 0)
+        assert zen.redis.breaker.statistics().state is BreakerState.CLOSED
+
+
+async def test_pool_exhaustion_leaves_the_failure_counters_unchanged(standalone: Target) -> None:
+    """No connection free in the pool in time is our own load, not the server down."""
+    settings = standalone.settings(
+        redis_max_connections=1,
+        redis_pool_timeout=0.1,
+        redis_socket_timeout=30.0,
+        redis_enable_metrics=False,
+    )
+    async with open_zen(settings) as zen:
+        ks = zen.redis.keyspace("conversations")
+        # The pool's only connection waits server-side on an empty list.
+        holder = asyncio.create_task(ks.execute("BLPOP", ks.key("never-pushed"), 20))
+        try:
+
+            async def held() -> bool:
+                return zen.redis.pool_usage()["conversations"]["in_use"] == 1
+
+            await wait_for(held, what="the pool's one connection checked out")
+            before = failure_counters(zen)
+            for _ in range(5):  # more than the default threshold, were they counted
+                with pytest.raises(CapacityError, match="no connection became free"):
+                    await ks.get(ks.key("anything"))
+            assert failure_counters(zen) == before == (0, 0, 0)
+            assert zen.redis.breaker.statistics().state is BreakerState.CLOSED
+        finally:
+            holder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await holder

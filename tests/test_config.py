@@ -84,6 +84,15 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
     assert not s.use_embedded
 
 
+def test_redis_host_in_the_dotenv_file_disables_the_embedded_server(tmp_path: Path) -> None:
+    assert Settings().use_embedded  # nothing configured yet: embedded
+    (tmp_path / ".env").write_text("REDIS_HOST=db.example\nREDIS_PORT=6391\n")
+    s = Settings()
+    assert s.server_address == ("db.example", 6391)
+    assert s.server_configured
+    assert not s.use_embedded
+
+
 def test_settings_are_frozen() -> None:
     s = Settings()
     with pytest.raises(Exception, match="frozen"):

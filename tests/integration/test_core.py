@@ -19,9 +19,10 @@ from zen_async import (
     open_zen,
 )
 from zen_async.store import KEYSPACES
-from zen_async.store.health import PORT_ALLOCATION_FAILURE
-from zen_async.testing import ServerProcess
+from zen_async.store.health import CONSOLIDATION_FAILURE, PORT_ALLOCATION_FAILURE
+from zen_async.testing import ClusterGroup, ServerProcess
 from zen_async.testing.deployments import Deployments, Kind, Target, masters
+from zen_async.testing.waiting import wait_for
 
 
 async def raw_get(server: ServerProcess, db: int, key: str) -> bytes | None:
@@ -182,29 +183,61 @@ async def assert_no_connection_checked_out(zen: Zen) -> None:
     pytest.fail(f"{zen.redis.connections_in_use()} connections still checked out")
 
 
+async def blocked_clients(target: Target) -> int:
+    """Clients blocked server-side (BLPOP...) on every master, from INFO clients."""
+    total = 0
+    for server in masters(target.group):
+        client = raw_redis.Redis(host=server.host, port=server.port, password=server.password)
+        try:
+            total += int((await client.info("clients"))["blocked_clients"])
+        finally:
+            await client.aclose()
+    return total
+
+
+IN_FLIGHT = 100
+
+
 async def test_cancelled_commands_leave_no_connection_checked_out(target: Target) -> None:
-    settings = target.settings(redis_max_connections=10, redis_enable_metrics=False)
+    # A pool with room for every command, so none waits for a connection: each is sent and
+    # blocks server-side (BLPOP on an empty list) until it is cancelled, mid-flight.
+    settings = target.settings(
+        redis_max_connections=IN_FLIGHT + 10,
+        redis_enable_metrics=False,
+        redis_socket_timeout=60.0,  # above BLPOP's own timeout: only the cancel ends it
+    )
     async with open_zen(settings) as zen:
         ks = zen.redis.keyspace("state")
-        keys = [ks.key(f"x{i}") for i in range(100)]
+        keys = [ks.key(f"x{i}") for i in range(IN_FLIGHT)]
         await ks.set_many({k: f"value-{i}" for i, k in enumerate(keys)})
-        blocked_key = ks.key("never-pushed")
+        # Distinct empty lists: on Cluster they spread over the masters' node pools.
+        empty = [ks.key(f"never-pushed-{i}") for i in range(IN_FLIGHT)]
+        tasks = [asyncio.create_task(ks.execute("BLPOP", key, 30)) for key in empty]
 
-        async def slow(i: int) -> object:
-            if i % 2:  # certainly mid-flight: the server holds the reply back
-                return await ks.execute("BLPOP", blocked_key, 1)
-            return await ks.get(keys[i])
+        async def all_blocked() -> bool:
+            return await blocked_clients(target) == IN_FLIGHT
 
-        tasks = [asyncio.create_task(slow(i)) for i in range(100)]
-        await asyncio.sleep(0.02)
-        for task in tasks:
-            task.cancel()
+        try:
+            await wait_for(all_blocked, deadline=30, what=f"{IN_FLIGHT} BLPOPs blocked")
+            # Checked out of the pools (the node pools, summed, on Cluster) and waiting for
+            # their replies: truly in flight.
+            assert zen.redis.connections_in_use() >= IN_FLIGHT
+        finally:
+            for task in tasks:
+                task.cancel()
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-        assert sum(isinstance(o, asyncio.CancelledError) for o in outcomes) >= 50
+        assert [o for o in outcomes if not isinstance(o, asyncio.CancelledError)] == []
+        assert sum(isinstance(o, asyncio.CancelledError) for o in outcomes) == IN_FLIGHT
         await assert_no_connection_checked_out(zen)
 
+        async def none_blocked() -> bool:
+            return await blocked_clients(target) == 0
+
+        # The cancelled commands' connections were dropped, not handed back mid-reply.
+        await wait_for(none_blocked, what="no BLPOP left blocked on the server")
+
         # Every later reply answers its own command, never a cancelled one's.
-        order = random.sample(range(100), 100)
+        order = random.sample(range(IN_FLIGHT), IN_FLIGHT)
         values = await asyncio.gather(*(ks.get(keys[i]) for i in order))
         assert values == [f"value-{i}".encode() for i in order]
         await assert_no_connection_checked_out(zen)
@@ -244,7 +277,23 @@ async def test_health_status_shape_and_values(zen: Zen, target: Target) -> None:
     assert status["server"]["name"] == target.flavor
     assert status["server_version"].startswith("7.0" if target.flavor == "redis" else "9.")
     assert status["memory"]["maxmemory_policy"] == "noeviction"
+    memory = status["memory"]
+    assert isinstance(memory["used_memory"], int)
+    assert memory["used_memory"] > 0
+    assert isinstance(memory["maxmemory"], int)
+    assert memory["maxmemory"] >= 0
     assert status["alerts"] == []
+    pools = status["pool_usage"]
+    if isinstance(target.group, ClusterGroup):  # one pool per node, replicas included
+        assert set(pools) == {f"{node.host}:{node.port}" for node in target.group.nodes}
+    else:  # the databases layout: one pool per keyspace
+        assert status["db_layout"] == "databases"
+        assert set(pools) == set(KEYSPACES)
+    for name, usage in pools.items():
+        assert set(usage) == {"in_use", "idle", "max"}, name
+        assert all(isinstance(v, int) and v >= 0 for v in usage.values()), (name, usage)
+        assert usage["max"] == zen.settings.redis_max_connections, name
+        assert usage["in_use"] + usage["idle"] <= usage["max"], name
     if target.kind == "cluster":
         assert status["cluster_status"] == "ok"
         assert status["cluster"]["known_nodes"] == 6
@@ -280,6 +329,44 @@ async def test_port_allocation_failure_rate_alert(standalone: Target) -> None:
         alerts = (await zen.redis.get_health_status())["alerts"]
         assert [a["name"] for a in alerts] == ["port_allocation_failures"]
         assert alerts[0]["value"] == 6
+
+
+@pytest.mark.parametrize("threshold", [None, 2])
+async def test_memory_consolidation_failure_rate_alert(
+    standalone: Target, threshold: int | None
+) -> None:
+    """More than REDIS_ALERT_CONSOLIDATION_FAILURES_PER_HOUR (the seed's 10 by default)
+    consolidation failures in the last hour fire the alert; that many do not."""
+    overrides = (
+        {} if threshold is None else {"redis_alert_consolidation_failures_per_hour": threshold}
+    )
+    settings: Settings = standalone.settings(**overrides)
+    limit = 10 if threshold is None else threshold
+    assert settings.redis_alert_consolidation_failures_per_hour == limit
+    async with open_zen(settings) as zen:
+        for _ in range(limit):  # the event MemoryManager.consolidate records on a failure
+            zen.redis.health.record_event(CONSOLIDATION_FAILURE)
+        assert (await zen.redis.get_health_status())["alerts"] == []
+        zen.redis.health.record_event(CONSOLIDATION_FAILURE)
+        alerts = (await zen.redis.get_health_status())["alerts"]
+        assert [a["name"] for a in alerts] == ["memory_consolidation_failures"]
+        assert alerts[0]["value"] == limit + 1
+        assert alerts[0]["threshold"] == limit
+
+
+async def test_the_health_task_refreshes_the_report_on_its_own(standalone: Target) -> None:
+    """get_health_status() serves the background task's latest report: it changes without
+    anyone asking for a check."""
+    async with open_zen(standalone.settings(redis_health_check_interval=0.05)) as zen:
+        first: str = (await zen.redis.get_health_status())["last_health_check"]
+
+        async def refreshed() -> bool:
+            latest: str = (await zen.redis.get_health_status())["last_health_check"]
+            return latest != first
+
+        await wait_for(refreshed, what="a newer last_health_check from the background task")
+        later = (await zen.redis.get_health_status())["last_health_check"]
+        assert datetime.fromisoformat(later) > datetime.fromisoformat(first)
 
 
 async def test_raw_client_sees_what_the_core_wrote(standalone: Target) -> None:

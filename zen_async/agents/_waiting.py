@@ -78,7 +78,7 @@ class StateWaiters:
 
     async def listen(self) -> None:
         """Dispatch hints to waiters until cancelled."""
-        async with self._redis.subscribe(self._channel) as hints:
+        async with self._redis.subscribe(self._channel, retry_connect=True) as hints:
             self._listening.set()
             try:
                 async for item in hints:

@@ -256,7 +256,7 @@ class SpaceCache:
     async def listen(self) -> None:
         """Wake :meth:`run`'s poller on each hint (and after each reconnect), until
         cancelled."""
-        async with self._redis.subscribe(self._layout.channel) as hints:
+        async with self._redis.subscribe(self._layout.channel, retry_connect=True) as hints:
             self.listening.set()
             try:
                 async for item in hints:

@@ -253,24 +253,35 @@ class RedisManager:
             raise KeyError(f"no keyspace {name!r}; known: {sorted(self._keyspaces)}") from None
         return ks if tenant is None or tenant == ks.tenant else ks.for_tenant(tenant)
 
-    def subscribe(self, *channels: str) -> Subscription:
+    def subscribe(self, *channels: str, retry_connect: bool = False) -> Subscription:
         """A subscription to full channel names (build them with ``Keyspace.key``), to use as
         ``async with redis.subscribe(ch) as sub: async for item in sub: ...``. It reconnects
         by itself and yields :class:`Reconnected` after each reconnect.
 
+        Args:
+            channels: the full channel names.
+            retry_connect: wait out a server that cannot be reached on entry (with the
+                reconnect backoff) instead of raising: for background subscribers, which
+                must outlive an outage or a failover at their start.
+
         Raises:
             ValidationError: no channel given.
+            BackendError, AuthError: on entry, the server cannot be reached or refused the
+                credentials (unless ``retry_connect``).
         """
         if not channels:
             raise ValidationError("subscribe() needs at least one channel name")
         backend = self._backend
+        options: dict[str, Any] = {
+            "on_change": self._count_sub,
+            "user": self.settings.username,
+            "retry_connect": retry_connect,
+        }
         if backend.cluster is not None:
-            return Subscription(
-                backend.cluster.pubsub, channels, on_change=self._count_sub, bound=backend.bound
-            )
+            return Subscription(backend.cluster.pubsub, channels, bound=backend.bound, **options)
         client = backend.clients["streams"]
         assert isinstance(client, Redis)
-        return Subscription(client.pubsub, channels, on_change=self._count_sub)
+        return Subscription(client.pubsub, channels, **options)
 
     def _count_sub(self, delta: int) -> None:
         self._subscriptions += delta

@@ -3,6 +3,12 @@
 Pub/sub is a hint channel: a message published while a subscriber is disconnected is lost.
 So after every reconnect a subscription yields :class:`Reconnected` once, and the subscriber
 catches up from the durable source (a stream) before trusting messages again.
+
+Entering a subscription connects and subscribes. A server that cannot be reached then is
+either an error (the default: :class:`~zen_async.errors.BackendError`, mapped here like every
+redis-py error) or, with ``retry_connect=True``, waited out with the reconnect backoff: what a
+background subscriber wants, since it must outlive an outage or a failover that happens to
+coincide with its start.
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ from typing import Any
 import structlog
 from redis.asyncio.client import PubSub
 
-from zen_async.store._errors import RedisFailure, raise_if_cancelling
+from zen_async.store._errors import RedisFailure, map_error, raise_if_cancelling
 
-__all__ = ["Message", "Reconnected", "Subscription"]
+__all__ = ["Message", "Reconnected", "Subscription", "SubscriptionStatistics"]
 
 log = structlog.get_logger(__name__)
 
 _POLL_TIMEOUT = 1.0  # seconds one get_message waits; below any socket timeout
+_BACKOFF_BASE = 0.05
 _BACKOFF_MAX = 2.0
 
 
@@ -35,9 +42,29 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Reconnected:
-    """The subscription was re-established: messages may have been missed meanwhile."""
+    """The subscription was re-established: messages may have been missed meanwhile.
+
+    Attributes:
+        attempts: connection attempts it took, the successful one included.
+    """
 
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionStatistics:
+    """A snapshot of a subscription's connection history.
+
+    Attributes:
+        connected: whether it holds a subscribed connection right now.
+        failed_connects: connect attempts that failed since it was opened (on entry and
+            while reconnecting).
+        reconnects: times the connection was re-established after being lost.
+    """
+
+    connected: bool
+    failed_connects: int
+    reconnects: int
 
 
 class Subscription:
@@ -45,6 +72,19 @@ class Subscription:
 
     Open it with ``RedisManager.subscribe(...)``; it reconnects and re-subscribes by itself,
     with capped backoff, until the ``async with`` block exits.
+
+    Args:
+        factory: makes a fresh redis-py ``PubSub`` (one per connection attempt).
+        channels: the full channel names.
+        on_change: told +1/-1 as the dedicated connection opens/closes.
+        bound: on Cluster, the client's concurrency bound (one permit is held while open).
+        user: the ACL user, named in a mapped authentication error.
+        retry_connect: when the first connect fails, retry with the reconnect backoff until
+            it succeeds (entering then waits for the server) instead of raising.
+
+    Raises:
+        BackendError: on entry, the server cannot be reached (unless ``retry_connect``).
+        AuthError: on entry, the server refused the credentials (unless ``retry_connect``).
     """
 
     def __init__(
@@ -54,6 +94,8 @@ class Subscription:
         *,
         on_change: Callable[[int], None] = lambda delta: None,
         bound: asyncio.Semaphore | None = None,
+        user: str | None = None,
+        retry_connect: bool = False,
     ) -> None:
         self._factory = factory
         # On Cluster the subscription's connection comes out of a node pool that raises when
@@ -61,22 +103,49 @@ class Subscription:
         self._bound = bound
         self._channels = channels
         self._pubsub: PubSub | None = None
-        self._on_change = on_change  # told +1/-1 as the dedicated connection opens/closes
+        self._on_change = on_change
+        self._user = user
+        self._retry_connect = retry_connect
+        self._failed_connects = 0
+        self._reconnects = 0
+
+    def statistics(self) -> SubscriptionStatistics:
+        """Whether it is connected, and how many connects failed and reconnects succeeded."""
+        return SubscriptionStatistics(
+            connected=self._pubsub is not None,
+            failed_connects=self._failed_connects,
+            reconnects=self._reconnects,
+        )
 
     async def __aenter__(self) -> Subscription:
-        self._pubsub = await self._connect()
-        return self
+        attempts = 0
+        while True:
+            try:
+                self._pubsub = await self._connect()
+            except RedisFailure as exc:
+                raise_if_cancelling()
+                error = map_error(exc, user=self._user)
+                if not self._retry_connect:
+                    raise error from exc
+                attempts += 1
+                log.warning("pubsub_connect_failed", attempts=attempts, error=str(error))
+                await asyncio.sleep(_backoff(attempts))
+                continue
+            return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._close()
 
     async def _connect(self) -> PubSub:
+        """Connect and subscribe; raises redis-py's error (the callers map or retry it)."""
         if self._bound is not None:
             await self._bound.acquire()
         pubsub = self._factory()
         try:
             await pubsub.subscribe(*self._channels)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, RedisFailure):
+                self._failed_connects += 1
             await pubsub.aclose()  # type: ignore[no-untyped-call]
             if self._bound is not None:
                 self._bound.release()
@@ -104,10 +173,16 @@ class Subscription:
                 try:
                     self._pubsub = await self._connect()
                 except RedisFailure as exc:
+                    raise_if_cancelling()
                     attempts += 1
-                    log.warning("pubsub_reconnect_failed", attempts=attempts, error=str(exc))
-                    await asyncio.sleep(min(_BACKOFF_MAX, 0.05 * 2**attempts))
+                    log.warning(
+                        "pubsub_reconnect_failed",
+                        attempts=attempts,
+                        error=str(map_error(exc, user=self._user)),
+                    )
+                    await asyncio.sleep(_backoff(attempts))
                     continue
+                self._reconnects += 1
                 yield Reconnected(attempts=attempts)
                 attempts = 0
             try:
@@ -116,7 +191,7 @@ class Subscription:
                 )
             except RedisFailure as exc:
                 raise_if_cancelling()
-                log.warning("pubsub_connection_lost", error=str(exc))
+                log.warning("pubsub_connection_lost", error=str(map_error(exc, user=self._user)))
                 await self._close()
                 attempts = 1
                 continue
@@ -124,6 +199,11 @@ class Subscription:
             message = _to_message(raw)
             if message is not None:
                 yield message
+
+
+def _backoff(attempts: int) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt in a row (capped)."""
+    return float(min(_BACKOFF_MAX, _BACKOFF_BASE * 2**attempts))
 
 
 def _to_message(raw: Any) -> Message | None:
