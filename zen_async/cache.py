@@ -3,11 +3,12 @@ NATS connection state and Temporal workflow context, in the ``cache`` keyspace.
 
 Key layout (``ks.key(...)``; ``<key>`` is the caller's key, ``<h>`` a hash of it)::
 
-    c:<key>            the value, codec-encoded (SET ... PX ttl)
+    c:<key>            the value, codec-encoded (SET ... PX ttl, with its hint: cache_set.lua)
     c-lock:{<h>}       get_or_set fill lock: a random token (SET NX PX, renewed by its holder)
     c-wake:{<h>}       get_or_set wake list: at most one token, pushed when a fill ends
     nats:<id>          NATS connection state
     temporal:<id>      Temporal workflow context
+    ch:cache-changes   the pub/sub channel of invalidation hints (a channel, not a key)
 
 ``get_or_set`` computes a missing value once. In one process, concurrent callers of a key share
 one computation (an asyncio task per key). Across processes, the computing instance holds the
@@ -15,6 +16,27 @@ fill lock; the others block on the wake list (BLPOP, never longer than the lock'
 life or a second at a time), read the value when woken, and take the lock themselves when it
 is released without a value or its holder died (it expires). Nobody waits longer than
 ``wait_timeout``: after that an instance computes without the lock.
+
+Invalidation hints. Every write (``set``, ``delete``, a ``get_or_set`` fill, a replayed
+journaled set, the NATS and Temporal helpers) publishes a hint on the tenant's channel
+``ch:cache-changes`` in the same Lua step as the write: ``{"op", "kind", "key", "origin"}``,
+``kind`` being ``c`` (a cache key), ``nats`` or ``temporal``. The facade's cache listens
+(:meth:`Cache.listen`, started by ``open_zen``) and, on another instance's hint for a key,
+drops what it keeps locally for that key: its last-known value (served stale while Redis is
+unreachable) and its near-cache entry. Hints are best-effort, as all pub/sub: one sent while
+the listener is disconnected is lost, so after every reconnect (and when it starts) the
+listener drops everything it keeps locally; Redis stays the source of truth, and nothing
+that must not be lost travels as a hint. A read that a hint (or a write of this process)
+overlapped keeps nothing, since it may have read the older value. A tenant view
+(``zen.for_tenant``) does not listen unless its owner runs its ``listen()``: its last-known
+values are not dropped by other instances' writes, and its near cache stays off.
+
+Near cache (opt-in, ``REDIS_NEAR_CACHE_SIZE``): the last values read, at most that many
+(least recently used evicted first), each served from memory for at most
+``REDIS_NEAR_CACHE_TTL`` seconds and never past its Redis TTL. It serves only while the
+listener is subscribed and the circuit is closed. Another instance's write reaches it when
+its hint arrives (normally within milliseconds); when a hint is lost, a read may return the
+older value until the entry expires. Writes of this process drop their key at once.
 """
 
 from __future__ import annotations
@@ -24,15 +46,18 @@ import base64
 import hashlib
 import math
 import secrets
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, NamedTuple
 
+import orjson
 import structlog
 
 from zen_async.codec import Codec
 from zen_async.degraded import JournalEntry
 from zen_async.errors import ValidationError, ZenError
-from zen_async.store.keyspace import Keyspace
+from zen_async.store import Message, Reconnected
+from zen_async.store.keyspace import Arg, Keyspace
 from zen_async.store.manager import RedisManager
 
 __all__ = ["MAX_KEY_BYTES", "Cache", "CacheRead"]
@@ -51,6 +76,54 @@ class CacheRead(NamedTuple):
 
     value: Any | None
     stale: bool
+
+
+class _Ticket:
+    """One read or write of a key in flight. It is spoiled when the key changes meanwhile
+    (another instance's hint, a write of this process, a reconnect): what it read or wrote
+    may then be older than the stored value, so it is not kept locally."""
+
+    __slots__ = ("spoiled",)
+
+    def __init__(self) -> None:
+        self.spoiled = False
+
+
+class _NearCache:
+    """Raw values recently read, each until its deadline (event-loop clock), at most ``size``
+    of them (the least recently used evicted first)."""
+
+    __slots__ = ("_entries", "size", "ttl")
+
+    def __init__(self, size: int, ttl: float) -> None:
+        self.size = size
+        self.ttl = ttl
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str, now: float) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[1] <= now:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry[0]
+
+    def put(self, key: str, raw: bytes, deadline: float) -> None:
+        self._entries[key] = (raw, deadline)
+        self._entries.move_to_end(key)
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def drop(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 class _Flight:
@@ -73,9 +146,14 @@ class Cache:
             renews it while computing, so this bounds how long a dead holder blocks others.
         wait_timeout: the longest a caller waits for another instance's computation before
             computing itself.
+        near_cache_size: values kept in process memory for hot reads (0: off); None takes
+            ``REDIS_NEAR_CACHE_SIZE``. Used only while :meth:`listen` runs.
+        near_cache_ttl: the longest a value is served from process memory, in seconds; None
+            takes ``REDIS_NEAR_CACHE_TTL``.
 
     Raises:
-        ValidationError: ``lock_ttl`` or ``wait_timeout`` is not a positive number.
+        ValidationError: ``lock_ttl``, ``wait_timeout`` or ``near_cache_ttl`` is not a
+            positive number, or ``near_cache_size`` is not an integer >= 0.
     """
 
     def __init__(
@@ -85,15 +163,47 @@ class Cache:
         tenant: str | None = None,
         lock_ttl: float = 5.0,
         wait_timeout: float = 30.0,
+        near_cache_size: int | None = None,
+        near_cache_ttl: float | None = None,
     ) -> None:
+        settings = redis.settings
+        self._redis = redis
         self._ks: Keyspace = redis.keyspace("cache", tenant=tenant)
         self._codec: Codec = redis.codec
         self._degraded = redis.degraded
         self._lock_ms = _ttl_ms(lock_ttl, what="lock_ttl")
         self._wait_timeout = _ttl_ms(wait_timeout, what="wait_timeout") / 1000
         # A BLPOP must come back before the socket timeout, or the read would fail.
-        self._max_block = min(_MAX_BLOCK, redis.settings.redis_socket_timeout / 2)
+        self._max_block = min(_MAX_BLOCK, settings.redis_socket_timeout / 2)
         self._flights: dict[str, _Flight] = {}
+        # --- invalidation hints: what this process keeps locally, and who it is
+        self._origin = secrets.token_hex(8)  # told apart from other instances' hints
+        self._listening = False
+        self._tickets: dict[str, set[_Ticket]] = {}
+        self._known: OrderedDict[str, None] = OrderedDict()  # keys remembered as last-known
+        self._known_size = settings.redis_last_known_size
+        size = settings.redis_near_cache_size if near_cache_size is None else near_cache_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValidationError(
+                f"near_cache_size={size!r} is invalid: expected an integer >= 0 (0: off)"
+            )
+        ttl = settings.redis_near_cache_ttl if near_cache_ttl is None else near_cache_ttl
+        near_ttl = _ttl_ms(ttl, what="near_cache_ttl") / 1000
+        self._near = _NearCache(size, near_ttl) if size else None
+
+    @property
+    def channel(self) -> str:
+        """The pub/sub channel of this tenant's invalidation hints."""
+        return self._ks.key("ch", "cache-changes")
+
+    @property
+    def listening(self) -> bool:
+        """Whether :meth:`listen` is subscribed (the near cache serves only then)."""
+        return self._listening
+
+    def near_cache_size(self) -> int:
+        """How many values the near cache holds right now (0 when it is off)."""
+        return 0 if self._near is None else len(self._near)
 
     # --- plain operations ---------------------------------------------------------------
     async def get(self, key: str) -> Any | None:
@@ -115,18 +225,28 @@ class Cache:
             DegradedError: Redis is unreachable and this process knows no value for ``key``.
         """
         name = self._value_key(key)
+        ticket = self._open(key)
 
         async def fetch() -> CacheRead:
-            raw = await self._ks.get(name)
+            raw = await self._lookup(key, name, ticket)
             return CacheRead(None if raw is None else self._codec.decode(raw), stale=False)
 
-        return await self._degraded.read(
-            ("cache", self._ks.tenant, key), fetch, lambda known: known._replace(stale=True)
-        )
+        try:
+            found: CacheRead = await self._degraded.read(
+                self._known_key(key), fetch, lambda known: known._replace(stale=True)
+            )
+        finally:
+            self._close(key, ticket)
+        if ticket.spoiled:  # the key changed while we read: what we read may be older
+            self._forget(key)
+        elif not found.stale:
+            self._note_known(key)
+        return found
 
     async def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
-        """Store ``value`` (any JSON value, or bytes) under ``key``. While Redis is
-        unreachable the write is journaled and applied on recovery (its TTL counts from then).
+        """Store ``value`` (any JSON value, or bytes) under ``key``, and tell the other
+        instances (a best-effort hint). While Redis is unreachable the write is journaled and
+        applied on recovery (its TTL counts from then).
 
         Args:
             key: the cache key.
@@ -140,30 +260,49 @@ class Cache:
         name = self._value_key(key)
         ttl_ms = None if ttl is None else _ttl_ms(ttl)
         raw = self._codec.encode(value)
-        await self._degraded.write(
-            "cache.set",
-            self._ks.tenant,
-            {"key": key, "value": base64.b64encode(raw).decode(), "ttl_ms": ttl_ms},
-            lambda: self._ks.set(name, raw, ttl_ms=ttl_ms),
-            lambda _entry: None,
-        )
-        self._degraded.remember(("cache", self._ks.tenant, key), CacheRead(value, stale=False))
+        ticket = self._open(key)
+        done = False
+        try:
+            await self._degraded.write(
+                "cache.set",
+                self._ks.tenant,
+                {"key": key, "value": base64.b64encode(raw).decode(), "ttl_ms": ttl_ms},
+                lambda: self._write(name, raw, ttl_ms, kind="c", key=key),
+                lambda _entry: None,
+            )
+            done = True
+        finally:
+            self._close(key, ticket)
+            self._changed(key)
+            if done and not ticket.spoiled:
+                self._remember(key, CacheRead(value, stale=False))
+            else:  # failed (perhaps applied), or overlapped by another change
+                self._forget(key)
 
     async def replay_journaled(self, entry: JournalEntry) -> None:
         """Apply a journaled ``cache.set`` (idempotent: it sets the same value again)."""
         args = entry.args
         raw = base64.b64decode(args["value"])
-        await self._ks.set(self._value_key(args["key"]), raw, ttl_ms=args["ttl_ms"])
+        key = args["key"]
+        await self._write(self._value_key(key), raw, args["ttl_ms"], kind="c", key=key)
+        self._changed(key)
 
     async def delete(self, key: str) -> bool:
-        """Delete ``key``; True if it existed.
+        """Delete ``key`` and tell the other instances (a best-effort hint); True if it
+        existed.
 
         Raises:
             ValidationError: a bad key.
         """
-        deleted = await self._ks.delete(self._value_key(key)) > 0
-        self._degraded.forget(("cache", self._ks.tenant, key))
-        return deleted
+        name = self._value_key(key)
+        try:
+            deleted = await self._ks.run_script(
+                "cache_delete", [name], [self.channel, self._hint("del", "c", key)]
+            )
+        finally:
+            self._changed(key)
+            self._forget(key)
+        return int(deleted) > 0
 
     async def get_or_set(
         self, key: str, factory: Callable[[], Awaitable[Any]], *, ttl: float | None
@@ -192,7 +331,11 @@ class Cache:
         ttl_ms = None if ttl is None else _ttl_ms(ttl)
         flight = self._flights.get(key)
         if flight is None:
-            raw = await self._ks.get(name)
+            ticket = self._open(key)
+            try:
+                raw = await self._lookup(key, name, ticket)
+            finally:
+                self._close(key, ticket)
             if raw is not None:
                 return self._codec.decode(raw)
             flight = self._flights.get(key)  # another caller may have started while we read
@@ -221,15 +364,17 @@ class Cache:
         )
 
     async def set_nats_connection_state(
-        self, connection_id: str, state: dict[str, Any], *, ttl: float = 300
+        self, connection_id: str, state: dict[str, Any], ttl: float = 300
     ) -> None:
-        """Store the state of a NATS connection for ``ttl`` seconds.
+        """Store the state of a NATS connection for ``ttl`` seconds (with an invalidation
+        hint, kind ``nats``).
 
         Raises:
             ValidationError: a bad connection id, state or TTL; nothing was written.
         """
-        name = self._ks.key("nats", _check_key(connection_id, "connection_id"))
-        await self._set_dict(name, state, ttl, what="state")
+        connection_id = _check_key(connection_id, "connection_id")
+        name = self._ks.key("nats", connection_id)
+        await self._set_dict(name, state, ttl, what="state", kind="nats", ident=connection_id)
 
     async def get_temporal_workflow_context(self, workflow_id: str) -> dict[str, Any] | None:
         """The stored context of a Temporal workflow, or None when absent or expired.
@@ -242,15 +387,137 @@ class Cache:
         )
 
     async def set_temporal_workflow_context(
-        self, workflow_id: str, context: dict[str, Any], *, ttl: float = 1800
+        self, workflow_id: str, context: dict[str, Any], ttl: float = 1800
     ) -> None:
-        """Store the context of a Temporal workflow for ``ttl`` seconds.
+        """Store the context of a Temporal workflow for ``ttl`` seconds (with an
+        invalidation hint, kind ``temporal``).
 
         Raises:
             ValidationError: a bad workflow id, context or TTL; nothing was written.
         """
-        name = self._ks.key("temporal", _check_key(workflow_id, "workflow_id"))
-        await self._set_dict(name, context, ttl, what="context")
+        workflow_id = _check_key(workflow_id, "workflow_id")
+        name = self._ks.key("temporal", workflow_id)
+        await self._set_dict(name, context, ttl, what="context", kind="temporal", ident=workflow_id)
+
+    # --- invalidation hints -------------------------------------------------------------
+    async def listen(self) -> None:
+        """Act on other instances' invalidation hints until cancelled: drop the last-known
+        value and the near-cache entry of each key they changed, and everything kept locally
+        when the subscription starts and after each reconnect (hints may have been lost).
+        ``open_zen`` runs it for the facade's cache."""
+        async with self._redis.subscribe(self.channel, retry_connect=True) as hints:
+            self._drop_local()  # kept before we heard anything: may have changed unheard
+            self._listening = True
+            try:
+                async for item in hints:
+                    if isinstance(item, Reconnected):
+                        self._drop_local()
+                        log.info("cache_hints_reconnected", dropped_local_values=True)
+                    elif isinstance(item, Message):
+                        self._on_hint(item.data)
+            finally:
+                self._listening = False
+                self._drop_local()
+
+    def _on_hint(self, data: bytes) -> None:
+        try:
+            hint = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(hint, dict) or hint.get("origin") == self._origin:
+            return  # not a hint, or our own (we updated what we keep as we wrote)
+        key = hint.get("key")
+        if hint.get("kind") == "c" and isinstance(key, str):
+            self._changed(key)
+            self._forget(key)
+
+    def _hint(self, op: str, kind: str, key: str) -> bytes:
+        return orjson.dumps({"op": op, "kind": kind, "key": key, "origin": self._origin})
+
+    async def _write(
+        self, name: str, raw: bytes, ttl_ms: int | None, *, kind: str, key: str
+    ) -> None:
+        """SET the value and publish its hint, in one script."""
+        args: list[Arg] = [raw, "" if ttl_ms is None else ttl_ms, self.channel]
+        args.append(self._hint("set", kind, key))
+        await self._ks.run_script("cache_set", [name], args)
+
+    # --- what this process keeps locally --------------------------------------------------
+    def _open(self, key: str) -> _Ticket:
+        ticket = _Ticket()
+        self._tickets.setdefault(key, set()).add(ticket)
+        return ticket
+
+    def _close(self, key: str, ticket: _Ticket) -> None:
+        tickets = self._tickets.get(key)
+        if tickets is not None:
+            tickets.discard(ticket)
+            if not tickets:
+                del self._tickets[key]
+
+    def _changed(self, key: str) -> None:
+        """``key`` changed: spoil the reads and writes of it in flight, drop its near entry."""
+        for ticket in self._tickets.get(key, ()):
+            ticket.spoiled = True
+        if self._near is not None:
+            self._near.drop(key)
+
+    def _drop_local(self) -> None:
+        """Hints may have been missed: keep nothing local from before."""
+        for tickets in self._tickets.values():
+            for ticket in tickets:
+                ticket.spoiled = True
+        if self._near is not None:
+            self._near.clear()
+        for key in self._known:
+            self._degraded.forget(self._known_key(key))
+        self._known.clear()
+
+    def _known_key(self, key: str) -> tuple[str, str, str]:
+        return ("cache", self._ks.tenant, key)
+
+    def _remember(self, key: str, value: CacheRead) -> None:
+        self._degraded.remember(self._known_key(key), value)
+        self._note_known(key)
+
+    def _note_known(self, key: str) -> None:
+        # The degraded store holds at most as many values as this index: every cache key
+        # it holds is here, so a reconnect can drop each of them.
+        known = self._known
+        known[key] = None
+        known.move_to_end(key)
+        if len(known) > self._known_size:
+            known.popitem(last=False)
+
+    def _forget(self, key: str) -> None:
+        self._degraded.forget(self._known_key(key))
+        self._known.pop(key, None)
+
+    def _near_usable(self) -> _NearCache | None:
+        """The near cache, when it may serve: on, hints heard, circuit closed."""
+        near = self._near
+        if near is None or not self._listening or self._degraded.active:
+            return None
+        return near
+
+    async def _lookup(self, key: str, name: str, ticket: _Ticket) -> bytes | None:
+        """The raw value: from the near cache when it holds it, else from Redis (then kept
+        in the near cache, unless ``ticket`` was spoiled meanwhile)."""
+        near = self._near_usable()
+        if near is None:
+            raw: bytes | None = await self._ks.get(name)
+            return raw
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        hit = near.get(key, sent)
+        if hit is not None:
+            return hit
+        found, pttl = await self._ks.run_script("cache_read", [name])
+        if found is not None and not ticket.spoiled and self._near_usable() is near:
+            # Its life counts from before the request, so it ends no later than in Redis.
+            life = near.ttl if pttl < 0 else min(near.ttl, pttl / 1000)
+            near.put(key, found, sent + life)
+        return found  # type: ignore[no-any-return]
 
     # --- single flight ------------------------------------------------------------------
     def _start_flight(self, key: str, fill: Coroutine[Any, Any, Any]) -> _Flight:
@@ -280,18 +547,19 @@ class Cache:
             token = secrets.token_hex(16)
             if await self._ks.execute("SET", lock, token, "NX", "PX", self._lock_ms):
                 return await self._fill_locked(
-                    name, lock, wake, token=token, factory=factory, ttl_ms=ttl_ms
+                    key, name, lock, wake, token=token, factory=factory, ttl_ms=ttl_ms
                 )
             raw = await self._wait_for_holder(name, lock, wake, deadline)
             if raw is not None:
                 return self._codec.decode(raw)
             if loop.time() >= deadline:
                 log.warning("cache_fill_wait_timed_out", key=key, waited=self._wait_timeout)
-                return await self._compute(name, factory, ttl_ms)
+                return await self._compute(key, name, factory, ttl_ms)
             # The lock was released without a value, or its holder died: try to take it.
 
     async def _fill_locked(
         self,
+        key: str,
         name: str,
         lock: str,
         wake: str,
@@ -305,7 +573,7 @@ class Cache:
             raw = await self._ks.get(name)  # stored by the previous holder since our miss?
             if raw is not None:
                 return self._codec.decode(raw)
-            return await self._compute(name, factory, ttl_ms)
+            return await self._compute(key, name, factory, ttl_ms)
         finally:
             renewer.cancel()
             await asyncio.wait([renewer])
@@ -352,10 +620,14 @@ class Cache:
             woken = popped is not None
 
     async def _compute(
-        self, name: str, factory: Callable[[], Awaitable[Any]], ttl_ms: int | None
+        self, key: str, name: str, factory: Callable[[], Awaitable[Any]], ttl_ms: int | None
     ) -> Any:
         encoded = self._codec.encode(await factory())
-        await self._ks.set(name, encoded, ttl_ms=ttl_ms)
+        try:
+            await self._write(name, encoded, ttl_ms, kind="c", key=key)
+        finally:
+            self._changed(key)
+            self._forget(key)
         return self._codec.decode(encoded)
 
     # --- internals ----------------------------------------------------------------------
@@ -375,13 +647,15 @@ class Cache:
         value: dict[str, Any] = self._codec.decode(raw)
         return value
 
-    async def _set_dict(self, name: str, value: object, ttl: float, *, what: str) -> None:
+    async def _set_dict(
+        self, name: str, value: object, ttl: float, *, what: str, kind: str, ident: str
+    ) -> None:
         if not isinstance(value, dict):
             raise ValidationError(
                 f"{what} must be a dict (a JSON object), got {type(value).__name__}"
             )
         ttl_ms = _ttl_ms(ttl)
-        await self._ks.set(name, self._codec.encode(value), ttl_ms=ttl_ms)
+        await self._write(name, self._codec.encode(value), ttl_ms, kind=kind, key=ident)
 
 
 def _check_key(value: object, what: str) -> str:

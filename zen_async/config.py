@@ -49,6 +49,8 @@ _ACCEPTED: dict[str, str] = {
         "a comma-separated list of field names (A-Z a-z 0-9 _ . -, and * as a wildcard), "
         "e.g. 'api_key,password,*_token'; empty to store every field as given"
     ),
+    "redis_near_cache_size": "an integer number of cache values from 0 (off) to 1000000",
+    "redis_near_cache_ttl": "a number of seconds above 0 and at most 60",
 }
 _SECRET_FIELDS = frozenset({"redis_password", "redis_sentinel_password"})
 
@@ -197,6 +199,14 @@ class Settings(BaseSettings):
     redis_last_known_size: int = Field(10_000, ge=0)
     redis_port_reserve: int = Field(8, ge=0, le=1024)
     redis_port_reserve_ttl: float = Field(600.0, gt=0)
+
+    # The cache's near cache (opt-in): hot reads served from process memory, dropped on the
+    # invalidation hints of other instances (zen_async/cache.py).
+    redis_near_cache_size: int = Field(0, ge=0, le=1_000_000)
+    """Cache values kept in process memory for hot reads; 0 turns the near cache off."""
+    redis_near_cache_ttl: float = Field(1.0, gt=0, le=60, allow_inf_nan=False)
+    """Seconds a value is served from process memory at most: how stale a read can be when
+    an invalidation hint is lost."""
 
     # --- durability (docs/operations.md) -------------------------------------------------
     redis_durability: Durability = "async"

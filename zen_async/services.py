@@ -191,6 +191,7 @@ async def open_zen(settings: Settings | None = None) -> AsyncIterator[Zen]:
             "agents": zen.agents.run(),
             "tasks": zen.tasks.run(),
             "memory": zen.memory.run(),
+            "cache_hints": zen.cache.listen(),
             "metrics": zen.metrics.run(),
             "journal_replay": redis.degraded.run(),
             "port_reserve": zen.ports.run(),

@@ -61,13 +61,13 @@ class SeedCache(Protocol):
     async def get_nats_connection_state(self, connection_id: str) -> Any: ...
 
     async def set_nats_connection_state(
-        self, connection_id: str, state: dict[str, Any], *, ttl: float = 300
+        self, connection_id: str, state: dict[str, Any], ttl: float = 300
     ) -> None: ...
 
     async def get_temporal_workflow_context(self, workflow_id: str) -> Any: ...
 
     async def set_temporal_workflow_context(
-        self, workflow_id: str, context: dict[str, Any], *, ttl: float = 1800
+        self, workflow_id: str, context: dict[str, Any], ttl: float = 1800
     ) -> None: ...
 
 
