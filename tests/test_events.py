@@ -14,7 +14,7 @@ from zen_async import ValidationError, Zen, open_zen
 from zen_async._tasks import background
 from zen_async.events import AGENT_STREAMS, Event, NewEvent
 from zen_async.events.export import EXPORT_SCHEMA, EventExporter
-from zen_async.events.log import EXPORT_STREAM
+from zen_async.events.log import EXPORT_STREAM, EventLog
 from zen_async.store import Message
 from zen_async.testing.deployments import Target
 from zen_async.testing.waiting import wait_for
@@ -48,6 +48,41 @@ async def test_replay_pages_through_long_streams(zen: Zen) -> None:
     assert len(set(ids)) == 1203
     replayed = await collect(zen.events.replay("bulk", page_size=500))
     assert [e.data["i"] for e in replayed] == list(range(1203))
+
+
+async def test_replay_bounds_by_time_and_by_id(zen: Zen) -> None:
+    """since and until are inclusive, to the millisecond; from_id is exclusive; with both
+    from_id and since, the later start wins."""
+    ids: list[str] = []
+    for i in range(4):
+        ids.append(await zen.events.publish("timeline", "tick", {"i": i}))
+        await asyncio.sleep(0.003)  # entries in distinct milliseconds
+    ms = [int(i.split("-")[0]) for i in ids]
+    assert ms == sorted(set(ms)), "setup: one entry per millisecond"
+
+    def at(millis: int, micros: int = 0) -> datetime:
+        return datetime.fromtimestamp(millis / 1000, UTC) + timedelta(microseconds=micros)
+
+    async def replayed(
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        from_id: str | None = None,
+    ) -> list[str]:
+        found = zen.events.replay(
+            "timeline", since=since, until=until, from_id=from_id, page_size=1
+        )
+        return [e.id async for e in found]
+
+    assert await replayed(until=at(ms[1])) == ids[:2]
+    assert await replayed(until=at(ms[1], 999)) == ids[:2]  # the whole millisecond
+    assert await replayed(until=at(ms[0] - 1)) == []
+    assert await replayed(since=at(ms[1])) == ids[1:]
+    assert await replayed(since=at(ms[1]), until=at(ms[2])) == ids[1:3]
+    assert await replayed(from_id=ids[0], until=at(ms[2])) == ids[1:3]
+    assert await replayed(from_id=ids[0], since=at(ms[2])) == ids[2:]
+    assert await replayed(from_id=ids[2], since=at(ms[0])) == ids[3:]
+    assert await replayed(from_id=ids[3]) == []
 
 
 async def test_idempotency_key_appends_once(zen: Zen) -> None:
@@ -120,7 +155,7 @@ async def test_consumer_reads_every_agent_shard(zen: Zen) -> None:
     assert seen == {f"a{i}" for i in range(30)}
 
 
-async def test_poison_event_goes_to_dead_letter_after_n_deliveries(standalone: Target) -> None:
+async def test_poison_event_goes_to_dead_letter_after_n_deliveries(zen: Zen) -> None:
     attempts: dict[str, int] = {}
 
     async def handler(event: Event) -> None:
@@ -128,20 +163,21 @@ async def test_poison_event_goes_to_dead_letter_after_n_deliveries(standalone: T
         if event.data.get("poison"):
             raise RuntimeError("cannot digest this")
 
-    async with open_zen(standalone.settings()) as zen:
-        good = await zen.events.publish("meals", "meal", {"poison": False})
-        bad = await zen.events.publish("meals", "meal", {"poison": True})
-        consumer = zen.events.consumer(
-            "eaters", ["meals"], handler, start_id="0", min_idle=0.1, max_deliveries=3
-        )
-        async with consumer:
-            await consumer.wait_handled(2, timeout=30)
-        dead = await zen.events.dead_letters("meals", "eaters")
-        stats = consumer.statistics()
+    good = await zen.events.publish("meals", "meal", {"poison": False})
+    bad = await zen.events.publish("meals", "meal", {"poison": True})
+    consumer = zen.events.consumer(
+        "eaters", ["meals"], handler, start_id="0", min_idle=0.1, max_deliveries=3, block=0.1
+    )
+    async with consumer:
+        await consumer.wait_handled(2, timeout=30)
+    dead = await zen.events.dead_letters("meals", "eaters")
+    stats = consumer.statistics()
     assert attempts == {good: 1, bad: 3}
     assert [e.data for e in dead] == [{"poison": True}]
     assert stats.dead_lettered == 1
     assert stats.failed == 3
+    ref = zen.events.stream("meals")
+    assert (await ref.ks.execute("XPENDING", ref.key, "eaters"))["pending"] == 0
 
 
 async def test_a_long_handler_keeps_its_entry_and_a_failure_is_retried(zen: Zen) -> None:
@@ -186,23 +222,106 @@ async def test_a_handled_event_whose_ack_was_lost_is_not_handled_again(zen: Zen)
     assert (await ref.ks.execute("XPENDING", ref.key, "post"))["pending"] == 0
 
 
-async def test_shutdown_finishes_what_was_read(standalone: Target) -> None:
+async def test_shutdown_finishes_what_was_read(zen: Zen) -> None:
     handled: list[int] = []
 
     async def slow_handler(event: Event) -> None:
         await asyncio.sleep(0.01)
         handled.append(event.data["i"])
 
-    async with open_zen(standalone.settings()) as zen:
-        await zen.events.publish_many("slow", [NewEvent("e", {"i": i}) for i in range(20)])
-        consumer = zen.events.consumer("g", ["slow"], slow_handler, start_id="0", concurrency=2)
-        async with consumer:
-            await consumer.wait_handled(1, timeout=10)
-        # leaving the block waited for every entry already read, and acked it
-        ref = zen.events.stream("slow")
-        summary = await ref.ks.execute("XPENDING", ref.key, "g")
+    await zen.events.publish_many("slow", [NewEvent("e", {"i": i}) for i in range(20)])
+    consumer = zen.events.consumer("g", ["slow"], slow_handler, start_id="0", concurrency=2)
+    async with consumer:
+        await consumer.wait_handled(1, timeout=10)
+    # leaving the block waited for every entry already read, and acked it
+    ref = zen.events.stream("slow")
+    summary = await ref.ks.execute("XPENDING", ref.key, "g")
     assert summary["pending"] == 0
     assert len(handled) == consumer.statistics().handled >= 1
+
+
+async def test_a_drain_timeout_cancels_a_hanging_handler_and_its_entry_stays_pending(
+    zen: Zen,
+) -> None:
+    """aclose() is bounded when asked: past the drain timeout a hanging handler is
+    cancelled, its entry is not acknowledged, and another member handles it later."""
+    started = asyncio.Event()
+    cancelled: list[str] = []
+
+    async def hang(event: Event) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(event.id)
+            raise
+
+    ref = zen.events.stream("jobs")
+    first = await zen.events.publish("jobs", "job", {"n": 1})
+    stuck = zen.events.consumer(
+        "workers", ["jobs"], hang, name="stuck", start_id="0", min_idle=3600, drain_timeout=0.2
+    )
+    async with stuck:  # the option bounds the exit of the block
+        await asyncio.wait_for(started.wait(), 30)
+    assert cancelled == [first]
+    started.clear()
+    second = await zen.events.publish("jobs", "job", {"n": 2})
+    again = zen.events.consumer("workers", ["jobs"], hang, name="stuck-2", min_idle=3600)
+    async with again:
+        await asyncio.wait_for(started.wait(), 30)
+        await again.aclose(drain_timeout=0.2)  # the argument bounds a consumer that would wait
+    assert cancelled == [first, second]
+    rows = await ref.ks.execute("XPENDING", ref.key, "workers", "-", "+", 10)
+    assert sorted((_text(r["message_id"]), _text(r["consumer"])) for r in rows) == sorted(
+        [(first, "stuck"), (second, "stuck-2")]
+    ), "an abandoned entry stays pending, unacknowledged"
+
+    rescued: list[str] = []
+
+    async def fine(event: Event) -> None:
+        rescued.append(event.id)
+
+    async with zen.events.consumer("workers", ["jobs"], fine, min_idle=0.1, block=0.1) as rescuer:
+        await rescuer.wait_handled(2, timeout=30)
+    assert sorted(rescued) == sorted([first, second])  # nothing lost
+
+
+async def test_a_consumer_restarted_under_its_name_drains_its_own_pending_entries(
+    zen: Zen,
+) -> None:
+    """On start a consumer re-reads what was delivered to its name and never acked, before
+    any claim: with a min_idle of an hour, only that drain can hand these entries back."""
+
+    async def fail(event: Event) -> None:
+        raise RuntimeError("not now")
+
+    jobs = await zen.events.publish_many("jobs", [NewEvent("job", {"i": i}) for i in range(5)])
+    mail = await zen.events.publish_many("mail", [NewEvent("letter", {"i": i}) for i in range(3)])
+    first = zen.events.consumer(
+        "workers", ["jobs", "mail"], fail, name="me", start_id="0", block=0.1
+    )
+    async with first:
+
+        async def all_failed() -> bool:
+            return first.statistics().failed == 8
+
+        await wait_for(all_failed, deadline=30, what="eight failed deliveries")
+
+    handled: list[tuple[str, str]] = []
+
+    async def fine(event: Event) -> None:
+        handled.append((event.stream, event.id))
+
+    restarted = zen.events.consumer(
+        "workers", ["jobs", "mail"], fine, name="me", min_idle=3600, batch=2, block=0.1
+    )
+    async with restarted:
+        await restarted.wait_handled(8, timeout=30)
+    assert sorted(handled) == sorted([("jobs", i) for i in jobs] + [("mail", i) for i in mail])
+    assert restarted.statistics().claimed == 0
+    for name in ("jobs", "mail"):
+        ref = zen.events.stream(name)
+        assert (await ref.ks.execute("XPENDING", ref.key, "workers"))["pending"] == 0
 
 
 async def test_trimming_never_drops_pending_or_undelivered_entries(zen: Zen) -> None:
@@ -223,6 +342,51 @@ async def test_trimming_never_drops_pending_or_undelivered_entries(zen: Zen) -> 
     await events.publish_many("capped", [NewEvent("e", {}) for _ in range(50)])
     await events.trim("capped", max_len=10)
     assert await events.length("capped") == 10
+
+
+async def test_a_trim_pass_covers_streams_that_other_instances_published_to(
+    target: Target,
+) -> None:
+    async with open_zen(target.settings()) as writer, open_zen(target.settings()) as other:
+        await writer.events.publish_many("orders", [NewEvent("e", {"i": i}) for i in range(50)])
+        # Another instance's log, which never published to "orders" itself.
+        trimmer = EventLog(other.redis, max_len=10)
+        removed = await trimmer.trim_all()
+        assert await other.events.length("orders") == 10
+    assert removed == 40
+
+
+async def test_dead_letter_streams_are_bounded_but_keep_what_a_group_still_needs(
+    zen: Zen,
+) -> None:
+    async def fail(event: Event) -> None:
+        raise RuntimeError("poison")
+
+    for stream, count in (("meals", 30), ("drinks", 10)):
+        await zen.events.publish_many(stream, [NewEvent("e", {"i": i}) for i in range(count)])
+        consumer = zen.events.consumer(
+            "eaters", [stream], fail, start_id="0", min_idle=0.05, max_deliveries=1, block=0.1
+        )
+        async with consumer:
+            await consumer.wait_handled(count, timeout=30)
+    meals = [e.id for e in await zen.events.dead_letters("meals", "eaters")]
+    drinks = [e.id for e in await zen.events.dead_letters("drinks", "eaters")]
+    assert (len(meals), len(drinks)) == (30, 10)
+    # Someone reads the meals' dead letters with a group: 10 delivered, the first 5 acked.
+    ref = zen.events.stream("meals")
+    dead_key = ref.dead_letter_key("eaters")
+    await ref.ks.execute("XGROUP", "CREATE", dead_key, "inspectors", "0")
+    await ref.ks.execute(
+        "XREADGROUP", "GROUP", "inspectors", "i", "COUNT", 10, "STREAMS", dead_key, ">"
+    )
+    await ref.ks.execute("XACK", dead_key, "inspectors", *meals[:5])
+
+    removed = await EventLog(zen.redis, dead_letter_max_len=3).trim_all()
+    kept_meals = [e.id for e in await zen.events.dead_letters("meals", "eaters")]
+    kept_drinks = [e.id for e in await zen.events.dead_letters("drinks", "eaters")]
+    assert kept_meals == meals[5:], "a dead letter pending or undelivered in a group stays"
+    assert kept_drinks == drinks[-3:]  # no group: capped at the bound
+    assert removed == 5 + 7
 
 
 async def test_bad_input_is_rejected_and_nothing_is_written(zen: Zen) -> None:
@@ -281,3 +445,7 @@ async def test_export_stream_copies_every_event_once_with_its_envelope(target: T
     assert placed["tenant"] == "default"
     assert datetime.fromisoformat(placed["event_time"]).tzinfo is not None
     assert by_source["agents", agent_event]["agent"] == "ex-1"
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

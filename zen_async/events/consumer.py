@@ -4,13 +4,15 @@ the handler succeeded and remembering what was handled.
 A consumer, on start, drains its own pending entries; then reads new ones with blocking reads
 kept below the socket timeout; claims entries that other (dead) consumers left idle, with
 XAUTOCLAIM; moves an entry delivered too often to a dead-letter stream; and on exit stops
-reading, finishes what it read, acknowledges, and returns.
+reading, finishes what it read, acknowledges, and returns (or, past an optional drain
+timeout, cancels the handlers still running and leaves their entries pending).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -64,6 +66,11 @@ class Consumer:
             instead of the handler.
         start_id: where a new group starts: ``$`` (new events only) or ``0`` (everything).
         done_ttl: seconds a handled event's marker is kept for deduplication.
+        drain_timeout: seconds :meth:`aclose` waits for the work already read before it
+            cancels the handlers still running (None: wait as long as they run). An entry
+            whose handler was cancelled, or that was read but not started, stays pending:
+            another member claims it after ``min_idle``, or this consumer's name drains it
+            on its next start.
     """
 
     def __init__(
@@ -81,12 +88,15 @@ class Consumer:
         max_deliveries: int = 5,
         start_id: str = "$",
         done_ttl: float = 24 * 3600,
+        drain_timeout: float | None = None,
     ) -> None:
         validate_stream_name(group)
         if not streams:
             raise ValidationError("a consumer needs at least one stream")
         if concurrency < 1 or batch < 1 or max_deliveries < 1:
             raise ValidationError("concurrency, batch and max_deliveries must be >= 1")
+        if drain_timeout is not None and drain_timeout < 0:
+            raise ValidationError("drain_timeout must be >= 0 (or None: wait)")
         if start_id not in ("$", "0"):
             raise ValidationError(f"start_id {start_id!r} is invalid: use '$' or '0'")
         self.group = group
@@ -104,6 +114,7 @@ class Consumer:
         self._max_deliveries = max_deliveries
         self._start_id = start_id
         self._done_ttl_ms = int(done_ttl * 1000)
+        self._drain_timeout = drain_timeout
         self._queue: asyncio.Queue[tuple[StreamRef, str, dict[Any, Any]]] = asyncio.Queue(
             maxsize=concurrency * 2
         )
@@ -124,19 +135,40 @@ class Consumer:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def aclose(self) -> None:
-        """Stop reading, finish and acknowledge what was read, then return."""
+    async def aclose(self, *, drain_timeout: float | None = None) -> None:
+        """Stop reading, finish and acknowledge what was read, then return.
+
+        Args:
+            drain_timeout: seconds to wait for the work already read (default: the
+                consumer's ``drain_timeout`` option; ``math.inf``: wait however long).
+                Past it, the handlers still running are cancelled and their entries, like
+                those read but not started, stay pending to be claimed later: nothing is
+                lost, and nothing is acknowledged that was not handled.
+        """
         self._stopping.set()
         main, self._main = self._main, None
         if main is None:
             return
+        limit = self._drain_timeout if drain_timeout is None else drain_timeout
+        if limit is not None and math.isinf(limit):
+            limit = None
         try:
-            await asyncio.shield(main)
+            await asyncio.wait({main}, timeout=limit)
+            if not main.done():
+                log.warning(
+                    "consumer_drain_timed_out",
+                    group=self.group,
+                    consumer=self.name,
+                    left_pending=len(self._inflight),
+                )
+                main.cancel()
+                await asyncio.wait({main})
         except asyncio.CancelledError:
             main.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await main
+            await asyncio.wait({main})  # our own cancellation is re-raised just below
             raise
+        if not main.cancelled():
+            main.result()  # a failure of the consumer itself surfaces here
 
     def statistics(self) -> ConsumerStatistics:
         """Counters since start."""

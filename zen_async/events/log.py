@@ -95,9 +95,13 @@ class EventLog:
         tenant: the tenant (default: the configured namespace).
         max_len: length bound applied by :meth:`trim` (0: none).
         max_age: age bound in seconds applied by :meth:`trim` (None: none).
-        audit_max_len: approximate length bound of each agent's audit stream.
+        audit_max_len: approximate length bound of each agent's audit stream (``MAXLEN ~``
+            on every append: older audit events are dropped).
+        dead_letter_max_len: length bound applied by :meth:`trim_dead_letters` (0: none).
+        dead_letter_max_age: age bound in seconds applied by :meth:`trim_dead_letters`
+            (None: none).
         idempotency_ttl: seconds an idempotency key is remembered.
-        trim_interval: seconds between trims in :meth:`run`.
+        trim_interval: seconds between passes of :meth:`trim_all` in :meth:`run`.
     """
 
     def __init__(
@@ -108,6 +112,8 @@ class EventLog:
         max_len: int = 100_000,
         max_age: float | None = None,
         audit_max_len: int = 10_000,
+        dead_letter_max_len: int = 10_000,
+        dead_letter_max_age: float | None = None,
         idempotency_ttl: float = 24 * 3600,
         trim_interval: float = 60.0,
     ) -> None:
@@ -118,10 +124,14 @@ class EventLog:
         self.max_len = max_len
         self.max_age = max_age
         self.audit_max_len = audit_max_len
+        self.dead_letter_max_len = dead_letter_max_len
+        self.dead_letter_max_age = dead_letter_max_age
         self._idem_ttl_ms = int(idempotency_ttl * 1000)
         self._trim_interval = trim_interval
         self._redactor = Redactor.from_settings(redis.settings)
-        self._published: set[str] = set()  # named streams this process wrote: trimmed by run()
+        # Named streams this process wrote; with the index, what trim_all() covers (the
+        # export stream is in no index: it is not a source of the exporter).
+        self._published: set[str] = set()
 
     @property
     def tenant(self) -> str:
@@ -414,29 +424,69 @@ class EventLog:
         """Apply the length and age bounds to a stream, never removing an entry that a
         consumer group has pending or has not been delivered yet. Returns entries removed.
         """
-        ref = self._named(stream) if stream == EXPORT_STREAM else self.stream(stream)
+        ref = self._trimmable(stream)
         bound = self.max_len if max_len is None else max_len
-        min_id = ""
-        if self.max_age is not None:
-            now = await ref.ks.execute("TIME")
-            now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
-            min_id = f"{now_ms - int(self.max_age * 1000)}-0"
-        removed: int = await ref.ks.run_script(
-            "stream_trim", [ref.key], [bound, min_id, _TRIM_INSPECT]
-        )
+        return await self._trim_key(ref, ref.key, bound, self.max_age)
+
+    async def trim_dead_letters(self, stream: str, *, max_len: int | None = None) -> int:
+        """Apply ``dead_letter_max_len`` and ``dead_letter_max_age`` to the dead-letter
+        stream of every consumer group of ``stream``. A group attached to a dead-letter
+        stream is respected as in :meth:`trim`: nothing it has pending or not yet been
+        delivered is removed. Returns entries removed.
+        """
+        ref = self._trimmable(stream)
+        if not await ref.ks.execute("EXISTS", ref.key):
+            return 0
+        groups = await ref.ks.execute("XINFO", "GROUPS", ref.key)
+        bound = self.dead_letter_max_len if max_len is None else max_len
+        removed = 0
+        for group in groups:
+            name = group.get(b"name", group.get("name"))  # bytes keys from redis-py
+            key = ref.dead_letter_key(_text(name))
+            removed += await self._trim_key(ref, key, bound, self.dead_letter_max_age)
+        return removed
+
+    async def trim_all(self) -> int:
+        """One trimming pass, as :meth:`run` makes every ``trim_interval``: :meth:`trim` and
+        :meth:`trim_dead_letters` on every agent shard stream, every named stream of the
+        tenant (from its index, so streams other instances wrote are covered too) and the
+        export stream when this process wrote it. A stream that fails is logged and skipped.
+        Returns entries removed.
+        """
+        names = {shard_stream_name(i) for i in range(self.shards)} | self._published
+        try:
+            names.update(await self.named_streams())
+        except ZenError as exc:
+            log.warning("stream_index_read_failed", error=str(exc))
+        removed = 0
+        for name in sorted(names):
+            try:
+                removed += await self.trim(name)
+                removed += await self.trim_dead_letters(name)
+            except ZenError as exc:
+                log.warning("stream_trim_failed", stream=name, error=str(exc))
         return removed
 
     async def run(self) -> None:
-        """Trim every shard stream and every named stream this process published to, every
-        ``trim_interval`` seconds, until cancelled."""
+        """Call :meth:`trim_all` every ``trim_interval`` seconds, until cancelled."""
         while True:
             await asyncio.sleep(self._trim_interval)
-            names = [shard_stream_name(i) for i in range(self.shards)] + sorted(self._published)
-            for name in names:
-                try:
-                    await self.trim(name)
-                except ZenError as exc:
-                    log.warning("stream_trim_failed", stream=name, error=str(exc))
+            await self.trim_all()
+
+    def _trimmable(self, stream: str) -> StreamRef:
+        return self._named(stream) if stream == EXPORT_STREAM else self.stream(stream)
+
+    async def _trim_key(self, ref: StreamRef, key: str, max_len: int, max_age: float | None) -> int:
+        """``stream_trim`` on ``key`` (``ref``'s stream or one sharing its hash tag)."""
+        min_id = ""
+        if max_age is not None:
+            now = await ref.ks.execute("TIME")
+            now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
+            min_id = f"{now_ms - int(max_age * 1000)}-0"
+        removed: int = await ref.ks.run_script(
+            "stream_trim", [key], [max_len, min_id, _TRIM_INSPECT]
+        )
+        return removed
 
     # --- consumers ----------------------------------------------------------------------
     def consumer(
