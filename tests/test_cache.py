@@ -474,7 +474,7 @@ async def test_a_read_overlapped_by_a_change_keeps_nothing(target: Target) -> No
         reading = asyncio.create_task(cache.read("k"))
         await asyncio.sleep(0)  # the read is sent and waits for its reply
         assert not reading.done()
-        assert "k" in cache._tickets
+        assert "k" in cache._local.tickets
         cache._on_hint(orjson.dumps({"op": "set", "kind": "c", "key": "k", "origin": "other"}))
         assert await reading == ("v1", False)
         assert last_known(zen, "k") is None
@@ -483,7 +483,7 @@ async def test_a_read_overlapped_by_a_change_keeps_nothing(target: Target) -> No
         assert await cache.read("k") == ("v1", False)  # nothing overlapped this one
         assert last_known(zen, "k") == CacheRead("v1", stale=False)
         assert cache.near_cache_size() == 1
-        assert not cache._tickets, "no read or write is left registered"
+        assert not cache._local.tickets, "no read or write is left registered"
 
 
 async def test_after_a_reconnect_the_listener_drops_everything_kept_locally(

@@ -31,12 +31,10 @@ overlapped keeps nothing, since it may have read the older value. A tenant view
 (``zen.for_tenant``) does not listen unless its owner runs its ``listen()``: its last-known
 values are not dropped by other instances' writes, and its near cache stays off.
 
-Near cache (opt-in, ``REDIS_NEAR_CACHE_SIZE``): the last values read, at most that many
-(least recently used evicted first), each served from memory for at most
-``REDIS_NEAR_CACHE_TTL`` seconds and never past its Redis TTL. It serves only while the
-listener is subscribed and the circuit is closed. Another instance's write reaches it when
-its hint arrives (normally within milliseconds); when a hint is lost, a read may return the
-older value until the entry expires. Writes of this process drop their key at once.
+Near cache (opt-in, ``REDIS_NEAR_CACHE_SIZE``): the last values read, served from memory for
+at most ``REDIS_NEAR_CACHE_TTL`` seconds while the listener is subscribed and the circuit is
+closed; after a lost hint a read may return the older value until its entry expires. What is
+kept locally, and when it is dropped, in detail: :mod:`zen_async._cache_local`.
 """
 
 from __future__ import annotations
@@ -46,13 +44,13 @@ import base64
 import hashlib
 import math
 import secrets
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, NamedTuple
 
 import orjson
 import structlog
 
+from zen_async._cache_local import LocalCacheState, Ticket
 from zen_async.codec import Codec
 from zen_async.degraded import JournalEntry
 from zen_async.errors import ValidationError, ZenError
@@ -76,54 +74,6 @@ class CacheRead(NamedTuple):
 
     value: Any | None
     stale: bool
-
-
-class _Ticket:
-    """One read or write of a key in flight. It is spoiled when the key changes meanwhile
-    (another instance's hint, a write of this process, a reconnect): what it read or wrote
-    may then be older than the stored value, so it is not kept locally."""
-
-    __slots__ = ("spoiled",)
-
-    def __init__(self) -> None:
-        self.spoiled = False
-
-
-class _NearCache:
-    """Raw values recently read, each until its deadline (event-loop clock), at most ``size``
-    of them (the least recently used evicted first)."""
-
-    __slots__ = ("_entries", "size", "ttl")
-
-    def __init__(self, size: int, ttl: float) -> None:
-        self.size = size
-        self.ttl = ttl
-        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: str, now: float) -> bytes | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if entry[1] <= now:
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return entry[0]
-
-    def put(self, key: str, raw: bytes, deadline: float) -> None:
-        self._entries[key] = (raw, deadline)
-        self._entries.move_to_end(key)
-        if len(self._entries) > self.size:
-            self._entries.popitem(last=False)
-
-    def drop(self, key: str) -> None:
-        self._entries.pop(key, None)
-
-    def clear(self) -> None:
-        self._entries.clear()
 
 
 class _Flight:
@@ -176,20 +126,20 @@ class Cache:
         # A BLPOP must come back before the socket timeout, or the read would fail.
         self._max_block = min(_MAX_BLOCK, settings.redis_socket_timeout / 2)
         self._flights: dict[str, _Flight] = {}
-        # --- invalidation hints: what this process keeps locally, and who it is
         self._origin = secrets.token_hex(8)  # told apart from other instances' hints
-        self._listening = False
-        self._tickets: dict[str, set[_Ticket]] = {}
-        self._known: OrderedDict[str, None] = OrderedDict()  # keys remembered as last-known
-        self._known_size = settings.redis_last_known_size
         size = settings.redis_near_cache_size if near_cache_size is None else near_cache_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValidationError(
                 f"near_cache_size={size!r} is invalid: expected an integer >= 0 (0: off)"
             )
         ttl = settings.redis_near_cache_ttl if near_cache_ttl is None else near_cache_ttl
-        near_ttl = _ttl_ms(ttl, what="near_cache_ttl") / 1000
-        self._near = _NearCache(size, near_ttl) if size else None
+        self._local = LocalCacheState(
+            self._degraded,
+            self._ks.tenant,
+            known_size=settings.redis_last_known_size,
+            near_size=size,
+            near_ttl=_ttl_ms(ttl, what="near_cache_ttl") / 1000,
+        )
 
     @property
     def channel(self) -> str:
@@ -199,11 +149,11 @@ class Cache:
     @property
     def listening(self) -> bool:
         """Whether :meth:`listen` is subscribed (the near cache serves only then)."""
-        return self._listening
+        return self._local.listening
 
     def near_cache_size(self) -> int:
         """How many values the near cache holds right now (0 when it is off)."""
-        return 0 if self._near is None else len(self._near)
+        return self._local.near_size()
 
     # --- plain operations ---------------------------------------------------------------
     async def get(self, key: str) -> Any | None:
@@ -225,7 +175,7 @@ class Cache:
             DegradedError: Redis is unreachable and this process knows no value for ``key``.
         """
         name = self._value_key(key)
-        ticket = self._open(key)
+        ticket = self._local.open(key)
 
         async def fetch() -> CacheRead:
             raw = await self._lookup(key, name, ticket)
@@ -233,14 +183,11 @@ class Cache:
 
         try:
             found: CacheRead = await self._degraded.read(
-                self._known_key(key), fetch, lambda known: known._replace(stale=True)
+                self._local.known_key(key), fetch, lambda known: known._replace(stale=True)
             )
         finally:
-            self._close(key, ticket)
-        if ticket.spoiled:  # the key changed while we read: what we read may be older
-            self._forget(key)
-        elif not found.stale:
-            self._note_known(key)
+            self._local.close(key, ticket)
+        self._local.read_ended(key, ticket, fresh=not found.stale)
         return found
 
     async def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
@@ -260,7 +207,7 @@ class Cache:
         name = self._value_key(key)
         ttl_ms = None if ttl is None else _ttl_ms(ttl)
         raw = self._codec.encode(value)
-        ticket = self._open(key)
+        ticket = self._local.open(key)
         done = False
         try:
             await self._degraded.write(
@@ -271,13 +218,8 @@ class Cache:
                 lambda _entry: None,
             )
             done = True
-        finally:
-            self._close(key, ticket)
-            self._changed(key)
-            if done and not ticket.spoiled:
-                self._remember(key, CacheRead(value, stale=False))
-            else:  # failed (perhaps applied), or overlapped by another change
-                self._forget(key)
+        finally:  # a failed write keeps nothing (it may have been applied)
+            self._local.write_ended(key, ticket, CacheRead(value, stale=False) if done else None)
 
     async def replay_journaled(self, entry: JournalEntry) -> None:
         """Apply a journaled ``cache.set`` (idempotent: it sets the same value again)."""
@@ -285,7 +227,7 @@ class Cache:
         raw = base64.b64decode(args["value"])
         key = args["key"]
         await self._write(self._value_key(key), raw, args["ttl_ms"], kind="c", key=key)
-        self._changed(key)
+        self._local.changed(key)
 
     async def delete(self, key: str) -> bool:
         """Delete ``key`` and tell the other instances (a best-effort hint); True if it
@@ -300,8 +242,7 @@ class Cache:
                 "cache_delete", [name], [self.channel, self._hint("del", "c", key)]
             )
         finally:
-            self._changed(key)
-            self._forget(key)
+            self._local.invalidate(key)
         return int(deleted) > 0
 
     async def get_or_set(
@@ -331,11 +272,11 @@ class Cache:
         ttl_ms = None if ttl is None else _ttl_ms(ttl)
         flight = self._flights.get(key)
         if flight is None:
-            ticket = self._open(key)
+            ticket = self._local.open(key)
             try:
                 raw = await self._lookup(key, name, ticket)
             finally:
-                self._close(key, ticket)
+                self._local.close(key, ticket)
             if raw is not None:
                 return self._codec.decode(raw)
             flight = self._flights.get(key)  # another caller may have started while we read
@@ -406,18 +347,18 @@ class Cache:
         when the subscription starts and after each reconnect (hints may have been lost).
         ``open_zen`` runs it for the facade's cache."""
         async with self._redis.subscribe(self.channel, retry_connect=True) as hints:
-            self._drop_local()  # kept before we heard anything: may have changed unheard
-            self._listening = True
+            self._local.drop_all()  # kept before we heard anything: may have changed unheard
+            self._local.listening = True
             try:
                 async for item in hints:
                     if isinstance(item, Reconnected):
-                        self._drop_local()
+                        self._local.drop_all()
                         log.info("cache_hints_reconnected", dropped_local_values=True)
                     elif isinstance(item, Message):
                         self._on_hint(item.data)
             finally:
-                self._listening = False
-                self._drop_local()
+                self._local.listening = False
+                self._local.drop_all()
 
     def _on_hint(self, data: bytes) -> None:
         try:
@@ -428,8 +369,7 @@ class Cache:
             return  # not a hint, or our own (we updated what we keep as we wrote)
         key = hint.get("key")
         if hint.get("kind") == "c" and isinstance(key, str):
-            self._changed(key)
-            self._forget(key)
+            self._local.invalidate(key)
 
     def _hint(self, op: str, kind: str, key: str) -> bytes:
         return orjson.dumps({"op": op, "kind": kind, "key": key, "origin": self._origin})
@@ -442,68 +382,10 @@ class Cache:
         args.append(self._hint("set", kind, key))
         await self._ks.run_script("cache_set", [name], args)
 
-    # --- what this process keeps locally --------------------------------------------------
-    def _open(self, key: str) -> _Ticket:
-        ticket = _Ticket()
-        self._tickets.setdefault(key, set()).add(ticket)
-        return ticket
-
-    def _close(self, key: str, ticket: _Ticket) -> None:
-        tickets = self._tickets.get(key)
-        if tickets is not None:
-            tickets.discard(ticket)
-            if not tickets:
-                del self._tickets[key]
-
-    def _changed(self, key: str) -> None:
-        """``key`` changed: spoil the reads and writes of it in flight, drop its near entry."""
-        for ticket in self._tickets.get(key, ()):
-            ticket.spoiled = True
-        if self._near is not None:
-            self._near.drop(key)
-
-    def _drop_local(self) -> None:
-        """Hints may have been missed: keep nothing local from before."""
-        for tickets in self._tickets.values():
-            for ticket in tickets:
-                ticket.spoiled = True
-        if self._near is not None:
-            self._near.clear()
-        for key in self._known:
-            self._degraded.forget(self._known_key(key))
-        self._known.clear()
-
-    def _known_key(self, key: str) -> tuple[str, str, str]:
-        return ("cache", self._ks.tenant, key)
-
-    def _remember(self, key: str, value: CacheRead) -> None:
-        self._degraded.remember(self._known_key(key), value)
-        self._note_known(key)
-
-    def _note_known(self, key: str) -> None:
-        # The degraded store holds at most as many values as this index: every cache key
-        # it holds is here, so a reconnect can drop each of them.
-        known = self._known
-        known[key] = None
-        known.move_to_end(key)
-        if len(known) > self._known_size:
-            known.popitem(last=False)
-
-    def _forget(self, key: str) -> None:
-        self._degraded.forget(self._known_key(key))
-        self._known.pop(key, None)
-
-    def _near_usable(self) -> _NearCache | None:
-        """The near cache, when it may serve: on, hints heard, circuit closed."""
-        near = self._near
-        if near is None or not self._listening or self._degraded.active:
-            return None
-        return near
-
-    async def _lookup(self, key: str, name: str, ticket: _Ticket) -> bytes | None:
+    async def _lookup(self, key: str, name: str, ticket: Ticket) -> bytes | None:
         """The raw value: from the near cache when it holds it, else from Redis (then kept
         in the near cache, unless ``ticket`` was spoiled meanwhile)."""
-        near = self._near_usable()
+        near = self._local.near_usable()
         if near is None:
             raw: bytes | None = await self._ks.get(name)
             return raw
@@ -513,7 +395,7 @@ class Cache:
         if hit is not None:
             return hit
         found, pttl = await self._ks.run_script("cache_read", [name])
-        if found is not None and not ticket.spoiled and self._near_usable() is near:
+        if found is not None and not ticket.spoiled and self._local.near_usable() is near:
             # Its life counts from before the request, so it ends no later than in Redis.
             life = near.ttl if pttl < 0 else min(near.ttl, pttl / 1000)
             near.put(key, found, sent + life)
@@ -626,8 +508,7 @@ class Cache:
         try:
             await self._write(name, encoded, ttl_ms, kind="c", key=key)
         finally:
-            self._changed(key)
-            self._forget(key)
+            self._local.invalidate(key)
         return self._codec.decode(encoded)
 
     # --- internals ----------------------------------------------------------------------
