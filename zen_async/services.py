@@ -109,7 +109,8 @@ class Zen:
         """Port leases go to the agent's audit trail (and allocations to the metrics)."""
         if event_type == "port_allocated":
             self.metrics.count(PORT_ALLOCATION_SUCCESSES)
-        await self.events.publish_agent_event(agent_id, event_type, data)
+        change = f"{event_type}|{data['host']}|{data['port']}|{data['fencing_token']}|{agent_id}"
+        await self.events.record(event_type, data, key=change, agent_id=agent_id)
 
     def _on_health_event(self, name: str) -> None:
         counter = _FAILURE_COUNTERS.get(name)

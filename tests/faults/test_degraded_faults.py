@@ -13,6 +13,7 @@ import pytest
 
 from zen_async import (
     BackendError,
+    BreakerState,
     ConflictError,
     DegradedError,
     InvalidTransitionError,
@@ -315,3 +316,53 @@ async def until_ok(op: Callable[[], Awaitable[object]]) -> None:
         return True
 
     await wait_for(done, deadline=30, what="the other instance's write")
+
+
+async def test_the_event_of_a_change_already_made_is_journaled_not_lost(tmp_path: Path) -> None:
+    """A port lease or a memory forget is its own step; its audit event follows. When that
+    event's append times out (the breaker still closed: a plain publish raises), record()
+    journals it instead, and it is appended once on recovery, and only once even when the
+    same change is recorded again."""
+    group = Standalone("redis", base_dir=tmp_path)
+    await anyio.to_thread.run_sync(group.start)
+    try:
+        settings = settings_for(
+            group,
+            redis_socket_timeout=0.3,
+            redis_retry_attempts=0,
+            redis_breaker_failure_threshold=100,  # timeouts, but the circuit stays closed
+        )
+        async with open_zen(settings) as zen:
+            await zen.events.publish_agent_event("a1", "created", {})
+            group.server.pause()
+            try:
+                with pytest.raises(BackendError):  # an ordinary publish is the caller's to retry
+                    await zen.events.publish_agent_event("a1", "plain", {})
+                first = await zen.events.record(
+                    "port_allocated", {"port": 4000}, key="lease-1", agent_id="a1"
+                )
+                assert first.startswith("journal:")
+                assert zen.redis.breaker.statistics().state is BreakerState.CLOSED
+            finally:
+                group.server.resume()
+            await journal_drained(zen)
+            again = await zen.events.record(
+                "port_allocated", {"port": 4000}, key="lease-1", agent_id="a1"
+            )
+            trail = await zen.events.audit_trail("a1")
+            recorded = [e for e in trail if e.type == "port_allocated"]
+            assert [e.data for e in recorded] == [{"port": 4000}]
+            assert again == recorded[0].id, "recording the same change again appends nothing"
+            # The paused publish may have been applied on resume (its reply was lost): the
+            # caller was told BackendError, never an id. Nothing else is in the trail.
+            assert {e.type for e in trail} <= {"created", "plain", "port_allocated"}
+
+            # Ports record their lease events this way (an idempotency key per lease).
+            lease = await zen.ports.allocate("a1", port_range=(41000, 41010))
+            (event,) = [
+                e for e in await zen.events.audit_trail("a1") if e.data.get("port") == lease.port
+            ]
+            assert event.idempotency_key is not None
+            assert event.idempotency_key.startswith("change/")
+    finally:
+        await anyio.to_thread.run_sync(group.stop)

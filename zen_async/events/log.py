@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 
 from zen_async.degraded import JournalEntry
-from zen_async.errors import ValidationError, ZenError
+from zen_async.errors import BackendError, ValidationError, ZenError
 from zen_async.events.envelope import (
     AGENT_STREAMS,
     Event,
@@ -216,11 +217,14 @@ class EventLog:
             ValidationError: a bad name, type, agent id, key, or data that is not JSON.
             CapacityError: Redis is unreachable and the outage journal is full.
         """
+        return await self._publish(stream, NewEvent(event_type, data, agent_id, idempotency_key))
+
+    async def _publish(self, stream: str, event: NewEvent, *, settled: bool = False) -> str:
         ref = self.stream(stream)
-        event = self._protect(NewEvent(event_type, data, agent_id, idempotency_key))
+        event = self._protect(event)
         self._publish_call(ref, event, audit=False, hint=False)  # validates before journaling
         return await self._journaled(
-            "events.publish", stream, event, lambda: self._append(ref, event)
+            "events.publish", stream, event, lambda: self._append(ref, event), settled=settled
         )
 
     async def _append(self, ref: StreamRef, event: NewEvent) -> str:
@@ -232,8 +236,17 @@ class EventLog:
         return _text(entry_id)
 
     async def _journaled(
-        self, kind: str, stream: str, event: NewEvent, apply: Callable[[], Awaitable[str]]
+        self,
+        kind: str,
+        stream: str,
+        event: NewEvent,
+        apply: Callable[[], Awaitable[str]],
+        *,
+        settled: bool = False,
     ) -> str:
+        """``apply()``, or journal the event when Redis is unreachable (the circuit is open);
+        ``settled`` (the event of a change already made) journals it on any retryable failure
+        too, rather than raise and lose it."""
         args = {
             "stream": stream,
             "type": event.type,
@@ -241,9 +254,54 @@ class EventLog:
             "agent_id": event.agent_id,
             "idempotency_key": event.idempotency_key,
         }
-        return await self.redis.degraded.write(
-            kind, self.tenant, args, apply, lambda entry: f"journal:{entry.op_id}"
-        )
+        degraded = self.redis.degraded
+
+        def offline(entry: JournalEntry) -> str:
+            return f"journal:{entry.op_id}"
+
+        try:
+            return await degraded.write(kind, self.tenant, args, apply, offline)
+        except BackendError as exc:
+            if not (settled and exc.retryable and degraded.journal_writes):
+                raise
+            log.warning("event_journaled_after_failure", kind=kind, stream=stream, error=str(exc))
+            return offline(await degraded.accept(kind, self.tenant, args))
+
+    async def record(
+        self,
+        event_type: str,
+        data: Any,
+        *,
+        key: str,
+        agent_id: str | None = None,
+        stream: str | None = None,
+    ) -> str:
+        """Record the event of a change already made in a step of its own: a port lease
+        (its host's slot) or a memory forget or merge (the memory keyspace) cannot share a
+        script with the agent's audit trail. ``key`` names the change uniquely (any string;
+        its hash is the idempotency key). Appended at most once per ``key`` (so it is
+        retried on a retryable failure), and when Redis still cannot be reached it is
+        journaled and appended on recovery rather than raised and lost. With ``agent_id`` it
+        goes to the agent's shard stream and audit trail (as :meth:`publish_agent_event`),
+        else to ``stream``. Returns the event id, or ``journal:<op id>``.
+
+        What is left: a process that dies between the change and this call loses the event
+        (the window of one call); with REDIS_OUTAGE_JOURNAL set, a journaled one survives.
+
+        Raises:
+            ValidationError: a bad agent id, stream, type, key or data.
+            CapacityError: the outage journal is full.
+            BackendError: a non-retryable refusal, or the journal is off (replicated
+                durability) and Redis cannot be reached.
+        """
+        idempotency_key = "change/" + hashlib.sha256(key.encode()).hexdigest()[:40]
+        if agent_id is not None:
+            event = NewEvent(event_type, data, agent_id, idempotency_key)
+            return await self._publish_agent(agent_id, event, settled=True)
+        if stream is None:
+            raise ValidationError("record() needs an agent_id or a stream")
+        event = NewEvent(event_type, data, None, idempotency_key)
+        return await self._publish(stream, event, settled=True)
 
     async def replay_journaled(self, entry: JournalEntry) -> None:
         """Append a journaled event, exactly once: its idempotency key is the caller's, or
@@ -304,14 +362,20 @@ class EventLog:
             ValidationError: a bad agent id, type, key, or data that is not JSON.
             CapacityError: Redis is unreachable and the outage journal is full.
         """
+        return await self._publish_agent(
+            agent_id, NewEvent(event_type, data, agent_id, idempotency_key)
+        )
+
+    async def _publish_agent(self, agent_id: str, event: NewEvent, *, settled: bool = False) -> str:
         ref = self.agent_stream(validate_agent_id(agent_id))
-        event = self._protect(NewEvent(event_type, data, agent_id, idempotency_key))
+        event = self._protect(event)
         self._publish_call(ref, event, audit=True, hint=True)  # validates before journaling
         return await self._journaled(
             "events.publish_agent_event",
             ref.name,
             event,
             lambda: self._append_agent_event(agent_id, event),
+            settled=settled,
         )
 
     async def _append_agent_event(self, agent_id: str, event: NewEvent) -> str:

@@ -435,10 +435,15 @@ class Consolidator:
         return sum(1 for a, b in new if b in items[a].related or a in items[b].related)
 
     async def _record(self, space: str, event_type: str, data: dict[str, Any]) -> None:
+        """The event of a change just made (a separate step: another keyspace), recorded so
+        that a failure now journals it instead of losing it; a memory is forgotten, merged
+        away or promoted once, so its id names the change."""
+        memory_id = data.get("merged") or data["memory_id"]
+        change = f"{event_type}|{space}|{memory_id}"
         if space == SHARED_SPACE:
-            await self._events.publish(SHARED_STREAM, event_type, data)
+            await self._events.record(event_type, data, key=change, stream=SHARED_STREAM)
         else:
-            await self._events.publish_agent_event(space, event_type, data)
+            await self._events.record(event_type, data, key=change, agent_id=space)
 
     async def periodic(self, interval: float) -> None:
         """Consolidate every loaded space every ``interval`` seconds (one instance per
