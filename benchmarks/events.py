@@ -16,8 +16,9 @@ Baselines (raw redis-py, a ``BlockingConnectionPool`` as large as zen's, same DB
   with a no-op handler (default options, batch 100 and concurrency 16, but ``block=0.05``,
   which only shortens the shut-down after the clock stopped), timed from entering it until
   ``wait_handled`` sees the whole backlog. Raw: a loop of XREADGROUP COUNT 100 and one
-  XACK of the ids read; and the same work zen does per entry (EXISTS of the done marker, then
-  ``event_ack.lua``: SET marker PX + XACK), but pipelined per read batch. For these rows p50
+  XACK of the ids read; and the same work zen does (an MGET of the batch's done markers, then
+  ``event_ack.lua``: SET marker PX + XACK), but once per read batch where zen acks what its
+  handlers finished meanwhile. For these rows p50
   and p99 are of the time one round took to drain its backlog.
 
 In full mode, a zen scenario at less than 0.8x its first baseline is then profiled with
@@ -249,14 +250,9 @@ class Bench:
                     continue
                 if same_work:
                     done = [ref.done_key(GROUP, i) for i in ids]
-                    seen = await self._pipelined([("EXISTS", d) for d in done])
+                    seen = await raw.mget(done)
                     assert not any(seen)
-                    await self._pipelined(
-                        [
-                            ("EVALSHA", ack_sha, 2, key, d, GROUP, i, done_ttl_ms)
-                            for d, i in zip(done, ids, strict=True)
-                        ]
-                    )
+                    await raw.evalsha(ack_sha, 1 + len(done), key, *done, GROUP, done_ttl_ms, *ids)
                 else:
                     await raw.xack(key, GROUP, *ids)
                 handled += len(ids)
@@ -358,7 +354,7 @@ async def run(url: str, *, quick: bool) -> Outcome:
                         b.raw_consume(raw_refs, same_work=False),
                     ),
                     (
-                        "redis-py XREADGROUP + pipelined EXISTS + event_ack (zen's work, batched)",
+                        "redis-py XREADGROUP + MGET markers + event_ack per batch (zen's work)",
                         b.raw_consume(same_refs, same_work=True),
                     ),
                 ],

@@ -104,6 +104,8 @@ class Consumer:
         validate_stream_name(self.name)
         self._events = events
         self._refs = {ref.key: ref for ref in streams}
+        # ref.done_key(group, entry_id) is this prefix + entry_id (built once, not per entry)
+        self._done_prefix = {ref.key: ref.done_key(group, "") for ref in streams}
         self._handler = handler
         self._concurrency = concurrency
         self._batch = batch
@@ -119,6 +121,9 @@ class Consumer:
             maxsize=concurrency * 2
         )
         self._inflight: set[tuple[str, str]] = set()
+        # Acks wait here, per stream, for the acker's next round trip (a group commit).
+        self._acks: dict[str, list[tuple[str, asyncio.Future[None]]]] = {}
+        self._ack_wake = asyncio.Event()
         self._errors: dict[tuple[str, str], str] = {}
         self._stopping = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
@@ -207,6 +212,7 @@ class Consumer:
 
     async def _run(self) -> None:
         workers = [asyncio.create_task(self._worker()) for _ in range(self._concurrency)]
+        workers.append(asyncio.create_task(self._acker()))
         try:
             await self._drain_own_pending()
             loops = [self._reader(refs) for refs in self._reader_groups()]
@@ -273,12 +279,35 @@ class Consumer:
         return out
 
     async def _enqueue(self, entries: list[tuple[StreamRef, str, dict[Any, Any]]]) -> None:
-        for ref, entry_id, fields in entries:
-            marker = (ref.key, entry_id)
-            if marker in self._inflight:
-                continue
-            self._inflight.add(marker)
+        fresh = [e for e in entries if (e[0].key, e[1]) not in self._inflight]
+        if not fresh:
+            return
+        for ref, entry_id, fields in await self._not_yet_handled(fresh):
+            self._inflight.add((ref.key, entry_id))
             await self._queue.put((ref, entry_id, fields))
+
+    async def _not_yet_handled(
+        self, entries: list[tuple[StreamRef, str, dict[Any, Any]]]
+    ) -> list[tuple[StreamRef, str, dict[Any, Any]]]:
+        """``entries`` without those whose done marker exists (handled by a member that
+        acknowledged after this one read them): those are acknowledged and skipped. One MGET
+        for the lot (they come from one read: one keyspace, and one slot on Cluster)."""
+        ks = entries[0][0].ks
+        prefix = self._done_prefix
+        markers = await ks.execute(
+            "MGET", *(prefix[ref.key] + entry_id for ref, entry_id, _ in entries)
+        )
+        done: dict[str, list[str]] = {}
+        left = []
+        for entry, marker in zip(entries, markers, strict=True):
+            if marker is None:
+                left.append(entry)
+            else:
+                done.setdefault(entry[0].key, []).append(entry[1])
+        for key, ids in done.items():
+            await ks.execute("XACK", key, self.group, *ids, idempotent=True)
+            await self._bump("duplicates", len(ids))
+        return left
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -297,11 +326,6 @@ class Consumer:
                 self._queue.task_done()
 
     async def _handle(self, ref: StreamRef, entry_id: str, fields: dict[Any, Any]) -> None:
-        done_key = ref.done_key(self.group, entry_id)
-        if await ref.ks.execute("EXISTS", done_key):
-            await ref.ks.execute("XACK", ref.key, self.group, entry_id, idempotent=True)
-            await self._bump("duplicates")
-            return
         try:
             event = decode_entry(ref.name, entry_id, fields)
             await self._handler(event)
@@ -316,16 +340,54 @@ class Consumer:
             )
             await self._bump("failed")
             return
-        await ref.ks.run_script(
-            "event_ack", [ref.key, done_key], [self.group, entry_id, self._done_ttl_ms]
-        )
+        await self._ack(ref, entry_id)
         self._errors.pop((ref.key, entry_id), None)
         await self._bump("handled")
 
-    async def _bump(self, counter: str) -> None:
+    async def _bump(self, counter: str, amount: int = 1) -> None:
         async with self._progress:
-            self._counts[counter] += 1
+            self._counts[counter] += amount
             self._progress.notify_all()
+
+    # --- acknowledging --------------------------------------------------------------------
+    async def _ack(self, ref: StreamRef, entry_id: str) -> None:
+        """Mark ``entry_id`` handled and acknowledge it; returns once that is done.
+
+        Raises:
+            ZenError: the ack failed (the entry stays pending, to be claimed again).
+        """
+        done = asyncio.get_running_loop().create_future()
+        self._acks.setdefault(ref.key, []).append((entry_id, done))
+        self._ack_wake.set()
+        await done
+
+    async def _acker(self) -> None:
+        """Acknowledge what the handlers finished, a round trip per stream for everything
+        that finished meanwhile (a group commit: under load one script acks many entries,
+        idle it acks one at once)."""
+        while True:
+            await self._ack_wake.wait()
+            self._ack_wake.clear()
+            pending, self._acks = self._acks, {}
+            for key, items in pending.items():
+                ref = self._refs[key]
+                try:
+                    for i in range(0, len(items), self._batch):
+                        ids = [entry_id for entry_id, _ in items[i : i + self._batch]]
+                        done_keys = [self._done_prefix[key] + entry_id for entry_id in ids]
+                        await ref.ks.run_script(
+                            "event_ack",
+                            [ref.key, *done_keys],
+                            [self.group, self._done_ttl_ms, *ids],
+                        )
+                except ZenError as exc:
+                    _settle(items, exc)
+                except BaseException:  # stopping: their workers are being cancelled too
+                    for _, future in items:
+                        future.cancel()
+                    raise
+                else:
+                    _settle(items, None)
 
     # --- claiming -------------------------------------------------------------------------
     async def _claimer(self) -> None:
@@ -414,6 +476,16 @@ class Consumer:
             error=error,
         )
         await self._bump("dead")
+
+
+def _settle(items: list[tuple[str, asyncio.Future[None]]], error: ZenError | None) -> None:
+    for _, future in items:
+        if future.done():  # its worker was cancelled meanwhile
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

@@ -70,10 +70,11 @@ class StreamRef:
     ks: Keyspace
     tag: str
     log_part: str
+    key: str = dataclasses.field(init=False, compare=False)
+    """The stream's full key name."""
 
-    @property
-    def key(self) -> str:
-        return self.ks.key(self.tag, self.log_part)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", self.ks.key(self.tag, self.log_part))
 
     def idempotency_key(self, key: str) -> str:
         return self.ks.key(self.tag, "idem", key)

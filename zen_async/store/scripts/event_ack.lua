@@ -1,13 +1,16 @@
--- event_ack: mark an event handled by a consumer group and acknowledge it, atomically.
--- The marker lets a redelivery (after a lost ack) be recognised and skipped.
+-- event_ack: mark events handled by a consumer group and acknowledge them, atomically. The
+-- markers let a later copy of a handled entry (claimed by a member that read it before this
+-- ack) be recognised and skipped.
 --
 -- KEYS[1]  the stream
--- KEYS[2]  the done marker of (group, entry id)
+-- KEYS[2..]  the done marker of (group, entry id) of each entry, in ARGV's order
 -- ARGV[1]  the consumer group
--- ARGV[2]  the entry id
--- ARGV[3]  marker TTL in ms
+-- ARGV[2]  marker TTL in ms
+-- ARGV[3..]  the entry ids
 --
--- Returns 1 if the entry was pending, 0 if it was already acknowledged.
+-- Returns how many of the entries were pending (the others were already acknowledged).
 -- idempotent: true
-redis.call("SET", KEYS[2], "1", "PX", ARGV[3])
-return redis.call("XACK", KEYS[1], ARGV[1], ARGV[2])
+for i = 2, #KEYS do
+  redis.call("SET", KEYS[i], "1", "PX", ARGV[2])
+end
+return redis.call("XACK", KEYS[1], ARGV[1], unpack(ARGV, 3))
