@@ -422,7 +422,11 @@ from zen_async.logs import configure_logging
 async def main(url, prefix, count, first, last):
     configure_logging("warning")  # stderr: stdout carries the reply
     settings = Settings(
-        _env_file=None, redis_url=url, redis_embedded="false", redis_socket_timeout=30.0
+        _env_file=None,
+        redis_url=url,
+        redis_embedded="false",
+        redis_socket_timeout=30.0,
+        redis_connect_timeout=10.0,
     )
     async with open_zen(settings) as zen:
         alloc = PortAllocator(zen.redis, host="shared")
@@ -439,9 +443,11 @@ asyncio.run(main(url, prefix, int(count), int(first), int(last)))
 
 
 async def test_two_processes_allocate_5000_ports_without_a_duplicate(standalone: Target) -> None:
-    # 2500 concurrent callers per process on 2 cores: a reply can wait on a busy event loop
-    # past the suite's 2 s socket timeout, which is not what this test is about.
-    async with open_zen(standalone.settings(redis_socket_timeout=30.0)) as zen:
+    # 2500 concurrent callers per process on 2 cores: a reply, or the 50 connections the pool
+    # opens at once, can wait on a busy event loop past the suite's 2 s socket and 1 s connect
+    # timeouts (in the full suite the breaker then opened); this test is about uniqueness.
+    settings = standalone.settings(redis_socket_timeout=30.0, redis_connect_timeout=10.0)
+    async with open_zen(settings) as zen:
         await two_processes_allocate_5000_ports(zen)
 
 

@@ -161,27 +161,28 @@ class CircuitBreaker:
             self._last_trip = None
         self._consecutive = 0
 
-    def record_failure(self, *, probe: bool = False) -> None:
-        """Note an outage failure (connection failure or timeout)."""
+    def record_failure(self, *, probe: bool = False, error: str | None = None) -> None:
+        """Note an outage failure (connection failure or timeout); ``error`` (what failed)
+        is logged when it opens the circuit, so an operator sees why."""
         self._consecutive += 1
         self._total += 1
         if probe:
             self._probe_in_flight = False
-            self._trip()
+            self._trip(error)
         elif self._state is BreakerState.CLOSED and self._consecutive >= self._threshold:
-            self._trip()
+            self._trip(error)
 
     def release_probe(self) -> None:
         """Give the probe slot back when the probe call ended without a verdict (cancelled,
         or failed on something that is not an outage)."""
         self._probe_in_flight = False
 
-    def _trip(self) -> None:
+    def _trip(self, error: str | None) -> None:
         now = self._clock()
         if self._opened_at is None:
             self._opened += 1
             self._opened_at = now
-            log.warning("circuit_opened", consecutive_failures=self._consecutive)
+            log.warning("circuit_opened", consecutive_failures=self._consecutive, last_error=error)
         self._state = BreakerState.OPEN
         self._last_trip = now
 

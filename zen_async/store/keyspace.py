@@ -199,7 +199,7 @@ class CommandRunner:
                 raise_if_cancelling()
                 error = map_error(exc, user=self._user)
                 if is_outage(exc):
-                    self.breaker.record_failure(probe=probe)
+                    self.breaker.record_failure(probe=probe, error=str(error))
                 elif probe:
                     self.breaker.release_probe()
                 if (
