@@ -282,7 +282,12 @@ class Consumer:
         fresh = [e for e in entries if (e[0].key, e[1]) not in self._inflight]
         if not fresh:
             return
-        for ref, entry_id, fields in await self._not_yet_handled(fresh):
+        try:
+            fresh = await self._not_yet_handled(fresh)
+        except ZenError as exc:  # they stay pending here: claimed back after min_idle
+            log.warning("consumer_marker_check_failed", group=self.group, error=str(exc))
+            return
+        for ref, entry_id, fields in fresh:
             self._inflight.add((ref.key, entry_id))
             await self._queue.put((ref, entry_id, fields))
 
