@@ -134,6 +134,15 @@ def _problem(**values: object) -> tuple[str, ConfigError]:
     return str(info.value), info.value
 
 
+def _env_problem(monkeypatch: pytest.MonkeyPatch, variable: str, raw: str) -> str:
+    """The start-up error of ``variable=raw`` in the environment, which names it alone."""
+    monkeypatch.setenv(variable, raw)
+    with pytest.raises(ConfigError) as info:
+        Settings()
+    assert [p.variable for p in info.value.problems] == [variable]
+    return str(info.value)
+
+
 @pytest.mark.parametrize(
     ("values", "variable", "shown", "accepted"),
     [
@@ -288,12 +297,9 @@ def test_durability_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_durability_variable_fails_at_start(
     monkeypatch: pytest.MonkeyPatch, variable: str, raw: str, accepted: str
 ) -> None:
-    monkeypatch.setenv(variable, raw)
-    with pytest.raises(ConfigError) as info:
-        Settings()
-    assert [p.variable for p in info.value.problems] == [variable]
-    assert f"{variable}={raw!r}: " in str(info.value)
-    assert accepted in str(info.value)
+    message = _env_problem(monkeypatch, variable, raw)
+    assert f"{variable}={raw!r}: " in message
+    assert accepted in message
 
 
 def test_durability_timeout_must_end_before_the_socket_timeout() -> None:
@@ -334,11 +340,7 @@ def test_durability_timeout_must_end_before_the_socket_timeout() -> None:
 def test_bad_memory_variable_fails_at_start(
     monkeypatch: pytest.MonkeyPatch, variable: str, raw: str, accepted: str
 ) -> None:
-    monkeypatch.setenv(variable, raw)
-    with pytest.raises(ConfigError) as info:
-        Settings()
-    assert [p.variable for p in info.value.problems] == [variable]
-    assert f"{variable}={raw!r}: {accepted}" in str(info.value)
+    assert f"{variable}={raw!r}: {accepted}" in _env_problem(monkeypatch, variable, raw)
 
 
 def test_bad_memory_variables_are_reported_together(monkeypatch: pytest.MonkeyPatch) -> None:
