@@ -1,28 +1,36 @@
 # zen_async: `make run` (the main job) and `make test` (lint, types, the whole suite) set up
-# everything they need on a fresh machine, starting with the virtualenv in .venv.
+# everything they need on a fresh machine, starting with the virtualenv in .venv, installed
+# from the lock in requirements/ (`make lock` refreshes it).
 .DEFAULT_GOAL := help
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run health demo test lint typecheck unit bench reliability clean
+LOCK := requirements
+# pip reads this machine's own configuration (on CI machines: a local wheel of torch's CPU build).
+PIP := $(BIN)/python -m pip install --quiet --require-hashes
+
+.PHONY: help venv run health demo test test-latest lint typecheck unit bench reliability lock clean
 
 help:
 	@echo "make run    - the MCP server over HTTP on the embedded server (sets up .venv first)"
 	@echo "make health - zen-async health against the configured (or embedded) server"
 	@echo "make test   - ruff, mypy --strict and the whole test suite (sets up .venv first)"
+	@echo "make test-latest - the same in .venv-latest, on the newest releases pyproject allows"
+	@echo "make lock   - recompile requirements/*.txt (the lock) from pyproject.toml"
 	@echo "make demo   - 1000 simulated agents through full lifecycles, with invariant checks"
 	@echo "              (configured or embedded server; DEMO_ARGS='--agents 200' to change)"
 	@echo "make reliability - the faults under a 1000-agent load; refreshes docs/reliability.md"
-	@echo "make bench  - every module in benchmarks/: results, summary, plots, README table"
-	@echo "              (BENCH_ARGS='--quick' for a smoke run, '--only core,agents')"
+	@echo "make bench  - every module in benchmarks/: results, summary, plots"
+	@echo "              (BENCH_ARGS='--quick' for a smoke run, '--only core,agents', '--write-readme')"
 
-# (Re)create the virtualenv when it is missing or pyproject.toml changed.
-$(STAMP): pyproject.toml
+# (Re)create the virtualenv from the lock when it is missing or the lock changed: every
+# package at the version and hash requirements/dev.txt names, then zen_async itself.
+$(STAMP): pyproject.toml $(LOCK)/dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(PIP) -r $(LOCK)/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -50,6 +58,30 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
+# The suite on the newest releases the ranges in pyproject.toml allow (no lock), in a venv of
+# its own: an upstream release that breaks us is found here first (CONTRIBUTING.md).
+LATEST := .venv-latest
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(LATEST)/bin/python -m pip list --format=freeze > $(LATEST)/versions.txt
+	@grep -iE '^(redis|hiredis|mcp|pydantic|anyio|numpy)==' $(LATEST)/versions.txt
+	$(LATEST)/bin/ruff check zen_async tests benchmarks
+	$(LATEST)/bin/mypy
+	$(LATEST)/bin/pytest -q
+
+# The lock: requirements/{base,dev,bench}.txt for every platform, embeddings.txt (dev plus
+# the embeddings extra) for Linux x86_64 with torch's CPU build from this machine's wheels.
+UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes \
+	--python-version 3.11 --custom-compile-command 'make lock'
+lock: $(STAMP)
+	$(UV_COMPILE) --universal -o $(LOCK)/base.txt
+	$(UV_COMPILE) --universal --extra dev -o $(LOCK)/dev.txt
+	$(UV_COMPILE) --universal --extra bench -o $(LOCK)/bench.txt
+	$(UV_COMPILE) --extra dev --extra embeddings --python-platform x86_64-manylinux_2_28 \
+		--find-links /opt/wheels -c $(LOCK)/torch-cpu.txt -o $(LOCK)/embeddings.txt
+
 # The failover-under-load fault tests, writing their table into docs/reliability.md.
 reliability: $(STAMP)
 	WRITE_RELIABILITY_DOCS=1 $(BIN)/pytest -q tests/faults/test_failover_load.py
@@ -58,4 +90,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) .mypy_cache .pytest_cache .ruff_cache

@@ -146,7 +146,7 @@ class Subscription:
         except BaseException as exc:
             if isinstance(exc, RedisFailure):
                 self._failed_connects += 1
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
             if self._bound is not None:
                 self._bound.release()
             raise
@@ -158,7 +158,7 @@ class Subscription:
         if pubsub is not None:
             self._on_change(-1)
             try:
-                await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+                await asyncio.shield(pubsub.aclose())
             finally:
                 if self._bound is not None:
                     self._bound.release()
