@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ def test_runner_quick_mode_writes_results_summary_plots_and_readme(
     committed = (RESULTS / "core.json").read_bytes()
     out = tmp_path / "results"
     argv = ["--quick", "--only", "core", "--out", str(out), "--url", standalone.url]
-    assert run.main([*argv, "--readme", str(readme)]) == 0
+    assert run.main([*argv, "--write-readme", "--readme", str(readme)]) == 0
 
     data = orjson.loads((out / "core.json").read_bytes())
     assert [r["scenario"]["name"] for r in data["results"]] == CORE_SCENARIOS
@@ -133,6 +134,38 @@ def test_runner_quick_mode_writes_results_summary_plots_and_readme(
     (out / "summary.md").unlink()
     assert run.main(["--report-only", "--out", str(out), "--no-readme"]) == 0
     assert (out / "summary.md").read_text(encoding="utf-8") == summary
+
+
+def test_runner_writes_the_readme_only_with_write_readme(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full run (not --quick) used to rewrite README.md by default: `make bench` must leave
+    it alone unless --write-readme asks. Report-only from a copy of the committed results is
+    the same path without running anything; the default README here is a copy."""
+    out = tmp_path / "results"
+    out.mkdir()
+    shutil.copyfile(RESULTS / "core.json", out / "core.json")
+    original = run.README.read_text(encoding="utf-8")
+    readme = tmp_path / "README.md"
+    readme.write_text(original, encoding="utf-8")
+    monkeypatch.setattr(run, "README", readme)
+    report_only = ["--report-only", "--out", str(out)]
+
+    for extra in ([], ["--no-readme"]):
+        assert run.main([*report_only, *extra]) == 0
+        assert (out / "summary.md").is_file()
+        assert readme.read_text(encoding="utf-8") == original, f"README written with {extra}"
+    with pytest.raises(SystemExit) as exited:  # --readme alone asks for nothing: refused
+        run.main([*report_only, "--readme", str(readme)])
+    assert exited.value.code == 2
+    assert readme.read_text(encoding="utf-8") == original
+
+    assert run.main([*report_only, "--write-readme"]) == 0
+    updated = readme.read_text(encoding="utf-8")
+    block = updated.split(run.START)[1].split(run.END)[0]
+    assert block.count("\n| core | core ") == len(CORE_SCENARIOS)
+    assert updated.split(run.START)[0] == original.split(run.START)[0]
+    assert updated.split(run.END)[1] == original.split(run.END)[1]
 
 
 def test_runner_refuses_a_readme_without_markers_and_unknown_modules(tmp_path: Path) -> None:

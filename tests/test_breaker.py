@@ -92,6 +92,25 @@ def test_a_probe_without_verdict_frees_the_slot(breaker: CircuitBreaker, clock: 
     assert breaker.before_call() is True
 
 
+def test_a_refused_call_names_the_error_that_opened_the_circuit(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    """A caller refused by an open circuit learns why it opened, not just that it is open."""
+    for n in range(3):
+        breaker.record_failure(probe=breaker.before_call(), error=f"refused #{n}")
+    assert breaker.statistics().last_error == "refused #2"
+    with pytest.raises(DegradedError, match=r"circuit breaker open.*; last error: refused #2$"):
+        breaker.before_call()
+    clock.now += 5.0
+    breaker.record_failure(probe=breaker.before_call(), error="timeout")  # the probe failed
+    with pytest.raises(DegradedError, match=r"last error: timeout$"):
+        breaker.before_call()
+    clock.now += 5.0
+    breaker.record_success(probe=breaker.before_call())
+    assert breaker.last_error is None  # closed: nothing to explain
+    assert breaker.statistics().last_error is None
+
+
 # --- what the core counts, on a real server ----------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import io
 import json
 import os
@@ -13,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from zen_async import ValidationError, open_zen
-from zen_async.cli import render_health
+import zen_async
+from zen_async import Settings, ValidationError, open_zen
+from zen_async.cli import render_health, server_line
 from zen_async.demo import DemoOptions, DemoReport, Invariant, OpSummary, write_demo
 from zen_async.testing import free_port
 from zen_async.testing.deployments import Target
@@ -40,8 +42,13 @@ def test_health_json_against_a_configured_server(standalone: Target, tmp_path: P
     assert status["redis_available"] is True
     assert status["topology"] == "standalone"
     assert status["server"]["name"] == "redis"
-    # stdout carries only the report; logs go to stderr as JSON lines
-    for line in result.stderr.splitlines():
+    host, port = standalone.server.address
+    address = f"{host}:{port}"
+    assert status["address"] == address
+    # stdout carries only the report; stderr the server line, then logs as JSON lines
+    first, *logs = result.stderr.splitlines()
+    assert first == f"zen-async: using standalone server {address} (from REDIS_URL)"
+    for line in logs:
         assert json.loads(line)["event"]
 
 
@@ -49,16 +56,107 @@ def test_health_pretty_on_the_embedded_server(tmp_path: Path) -> None:
     env = {"REDIS_EMBEDDED": "true", "REDIS_EMBEDDED_DIR": str(tmp_path / "data")}
     result = run_cli("health", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(
+        "zen-async: using the embedded valkey-server (REDIS_EMBEDDED=true; data in "
+    )
     assert "redis available   yes" in result.stdout
     assert "embedded server   redis://127.0.0.1:" in result.stdout
     assert "valkey 9." in result.stdout
 
 
 def test_health_exits_1_when_the_server_is_unreachable(tmp_path: Path) -> None:
-    env = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}", "REDIS_CONNECT_TIMEOUT": "0.5"}
+    port = free_port()  # nobody listens there
+    env = {"REDIS_URL": f"redis://127.0.0.1:{port}", "REDIS_CONNECT_TIMEOUT": "0.5"}
     result = run_cli("health", "--json", env=env, cwd=tmp_path)
     assert result.returncode == 1
-    assert json.loads(result.stdout)["redis_available"] is False
+    status = json.loads(result.stdout)
+    assert status["redis_available"] is False
+    assert status["address"] == f"127.0.0.1:{port}"
+    # The cause, once (not per keyspace), naming the address and what failed.
+    [cause] = status["errors"]
+    assert f"127.0.0.1:{port}" in cause
+    assert "connection refused" in cause
+    assert status["circuit_breaker"]["last_error"] == cause
+    assert set(status["database_status"].values()) == {"unavailable"}
+    assert status["average_latency"] is None  # nothing was measured
+
+
+def first_contact_env(tmp_path: Path, **env: str) -> dict[str, str]:
+    """A user's first run: no REDIS_* set but ``env``, a fresh home and data directory."""
+    return {
+        "HOME": str(tmp_path / "home"),
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "REDIS_EMBEDDED_DIR": str(tmp_path / "embedded"),
+        **env,
+    }
+
+
+def test_a_port_alone_means_that_server_never_the_embedded_one(tmp_path: Path) -> None:
+    """`REDIS_PORT=1 zen-async health` reports 127.0.0.1:1 down; it never falls back to the
+    embedded server."""
+    env = first_contact_env(tmp_path, REDIS_PORT="1", REDIS_CONNECT_TIMEOUT="0.5")
+    result = run_cli("health", env=env, cwd=tmp_path)
+    assert result.returncode != 0
+    out = result.stdout
+    assert out.startswith("zen-async: using standalone server 127.0.0.1:1 (from REDIS_PORT)\n")
+    assert "embedded" not in out
+    assert not (tmp_path / "embedded").exists()
+    [cause] = [line for line in out.splitlines() if line.startswith("error ")]
+    assert "server 127.0.0.1:1 unreachable (connection refused): Error 111" in cause
+    assert out.count("connection refused") == 1  # said once, not per keyspace
+    assert "circuit breaker open" not in out
+    assert "average latency   not measured" in out
+    assert " ms\n" not in out  # no latency figure when nothing was measured
+    assert "databases         all unavailable" in out
+
+
+def test_serve_says_which_server_on_stderr_only(tmp_path: Path) -> None:
+    """serve's stdout is the MCP stdio channel: the server line and the cause go to stderr.
+    (stdin at EOF: the client has gone, so serve ends after opening.)"""
+    env = first_contact_env(tmp_path, REDIS_PORT="1", REDIS_CONNECT_TIMEOUT="0.5")
+    result = run_cli("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    said = [line for line in result.stderr.splitlines() if line.startswith("zen-async:")]
+    assert said[0] == "zen-async: using standalone server 127.0.0.1:1 (from REDIS_PORT)"
+    assert said[1].startswith(
+        "zen-async: Redis not available yet: server 127.0.0.1:1 unreachable (connection refused)"
+    )
+
+
+def test_serve_names_the_embedded_server_it_started(tmp_path: Path) -> None:
+    result = run_cli("serve", env=first_contact_env(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    first, second = [line for line in result.stderr.splitlines() if line.startswith("zen-async:")]
+    data = tmp_path / "embedded"
+    assert first == (
+        "zen-async: using the embedded valkey-server (no REDIS_* connection variable is set; "
+        f"data in {data})"
+    )
+    assert second.startswith("zen-async: embedded valkey-server at redis://127.0.0.1:")
+    assert second.endswith(f" (data in {data})")
+
+
+def test_the_server_line_never_shows_a_password() -> None:
+    settings = Settings(_env_file=None, redis_url="rediss://app:hunter2@db.example:6380/0")
+    line = server_line(settings)
+    assert (
+        line
+        == "zen-async: using standalone server db.example:6380 (TLS; user 'app'; from REDIS_URL)\n"
+    )
+    assert "hunter2" not in line
+
+
+def test_version_is_the_installed_distributions() -> None:
+    expected = importlib.metadata.version("zen-async")
+    result = run_cli("--version", env={}, cwd=Path.cwd())
+    assert (result.returncode, result.stdout) == (0, f"zen-async {expected}\n")
+    assert zen_async.__version__ == expected
+    # Defined once: no copy of the number anywhere in the package's source.
+    package = Path(zen_async.__file__).parent
+    for source in package.rglob("*.py"):
+        assert f'"{expected}"' not in source.read_text(), source
 
 
 def test_bad_configuration_exits_2_naming_the_variable(tmp_path: Path) -> None:
@@ -102,6 +200,28 @@ def test_replay_prints_an_agents_audit_trail(standalone: Target, tmp_path: Path)
     assert [line["type"] for line in lines] == ["agent_created", "state_changed"]
     missing = run_cli("replay", "nobody", env={"REDIS_URL": standalone.url}, cwd=tmp_path)
     assert missing.returncode == 1
+
+
+def test_replay_reads_the_audit_trail_of_another_tenant(standalone: Target, tmp_path: Path) -> None:
+    async def make_history() -> None:
+        async with open_zen(standalone.settings()) as zen:
+            other = zen.for_tenant("team-b")
+            await other.agents.create_agent("cli", agent_id="cli-b")
+            await other.agents.transition("cli-b", "ready")
+
+    asyncio.run(make_history())
+    env = {"REDIS_URL": standalone.url}
+    result = run_cli("replay", "cli-b", "--tenant", "team-b", "--json", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    types = [json.loads(line)["type"] for line in result.stdout.splitlines()]
+    assert types == ["agent_created", "state_changed"]
+    # Without --tenant: REDIS_NAMESPACE's tenant, which has no such agent, and says so.
+    missing = run_cli("replay", "cli-b", env=env, cwd=tmp_path)
+    assert missing.returncode == 1
+    assert "no events for agent 'cli-b' in tenant 'default'" in missing.stderr
+    bad = run_cli("replay", "cli-b", "--tenant", "no spaces", env=env, cwd=tmp_path)
+    assert bad.returncode == 1
+    assert "ValidationError: tenant 'no spaces' is invalid" in bad.stderr
 
 
 @pytest.mark.slow

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from zen_async import ConfigError, Settings
+from zen_async.config import CONNECTION_VARIABLES
 from zen_async.memory import (
     HashingEmbedder,
     MemoryOptions,
@@ -109,7 +111,132 @@ def test_defaults_choose_embedded_and_databases_layout() -> None:
 
 def test_embedded_false_never_embeds() -> None:
     assert not Settings(redis_embedded="false").use_embedded
-    assert Settings(redis_embedded="true", redis_host="127.0.0.1").use_embedded
+    assert Settings(redis_embedded="true").use_embedded
+
+
+# --- which server: no silent fallback to the embedded one ----------------------------------
+# Each connection variable with a value it accepts, plus the companions it cannot go without
+# (a client certificate needs its key; a sentinel user its password).
+def _pem(tmp_path: Path, name: str) -> str:
+    path = tmp_path / name
+    path.write_text("-----BEGIN CERTIFICATE-----\n")
+    return str(path)
+
+
+CONNECTION_VALUES: dict[str, Callable[[Path], dict[str, str]]] = {
+    "REDIS_URL": lambda _: {"REDIS_URL": "redis://127.0.0.1:6390/0"},
+    "REDIS_HOST": lambda _: {"REDIS_HOST": "db.example"},
+    "REDIS_PORT": lambda _: {"REDIS_PORT": "1"},
+    "REDIS_USER": lambda _: {"REDIS_USER": "zen"},
+    "REDIS_PASSWORD": lambda _: {"REDIS_PASSWORD": "s3cret"},
+    "REDIS_ACL_ENABLED": lambda _: {"REDIS_ACL_ENABLED": "false"},  # even at its default
+    "REDIS_TLS": lambda _: {"REDIS_TLS": "true"},
+    "REDIS_TLS_CA_FILE": lambda d: {"REDIS_TLS_CA_FILE": _pem(d, "ca.pem")},
+    "REDIS_TLS_CERT_FILE": lambda d: {
+        "REDIS_TLS_CERT_FILE": _pem(d, "cert.pem"),
+        "REDIS_TLS_KEY_FILE": _pem(d, "key.pem"),
+    },
+    "REDIS_TLS_KEY_FILE": lambda d: {
+        "REDIS_TLS_KEY_FILE": _pem(d, "key.pem"),
+        "REDIS_TLS_CERT_FILE": _pem(d, "cert.pem"),
+    },
+    "REDIS_TLS_CHECK_HOSTNAME": lambda _: {"REDIS_TLS_CHECK_HOSTNAME": "false"},
+    "REDIS_USE_SENTINEL": lambda _: {"REDIS_USE_SENTINEL": "false"},  # even at its default
+    "REDIS_SENTINEL_NODES": lambda _: {"REDIS_SENTINEL_NODES": "127.0.0.1:26379"},
+    "REDIS_MASTER_NAME": lambda _: {"REDIS_MASTER_NAME": "mymaster"},
+    "REDIS_SENTINEL_USER": lambda _: {
+        "REDIS_SENTINEL_USER": "watcher",
+        "REDIS_SENTINEL_PASSWORD": "s3cret",
+    },
+    "REDIS_SENTINEL_PASSWORD": lambda _: {"REDIS_SENTINEL_PASSWORD": "s3cret"},
+    "REDIS_USE_CLUSTER": lambda _: {"REDIS_USE_CLUSTER": "true"},
+    "REDIS_CLUSTER_NODES": lambda _: {"REDIS_CLUSTER_NODES": "127.0.0.1:7000"},
+}
+
+
+def _settings_from(
+    source: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Settings:
+    if source == "environment":
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return Settings()
+    if source == ".env":
+        (tmp_path / ".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        return Settings()
+    return Settings(**{k.lower(): v for k, v in env.items()})
+
+
+def test_the_connection_variables_are_settings() -> None:
+    fields = {name.upper() for name in Settings.model_fields}
+    assert set(CONNECTION_VARIABLES) <= fields
+    assert set(CONNECTION_VALUES) == set(CONNECTION_VARIABLES)
+    # A new TLS, Sentinel or Cluster variable must be added to CONNECTION_VARIABLES too.
+    prefixes = ("REDIS_TLS", "REDIS_SENTINEL", "REDIS_CLUSTER", "REDIS_USE_")
+    assert {f for f in fields if f.startswith(prefixes)} <= set(CONNECTION_VARIABLES)
+
+
+@pytest.mark.parametrize("source", ["environment", ".env", "constructor"])
+@pytest.mark.parametrize("variable", CONNECTION_VARIABLES)
+def test_any_connection_variable_turns_the_embedded_server_off(
+    variable: str, source: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """REDIS_PORT=1 alone means "the server on port 1", never "the embedded one"."""
+    assert Settings().use_embedded  # nothing set yet
+    s = _settings_from(source, CONNECTION_VALUES[variable](tmp_path), monkeypatch, tmp_path)
+    assert variable in s.connection_variables
+    assert s.server_configured
+    assert not s.use_embedded
+
+
+@pytest.mark.parametrize("variable", CONNECTION_VARIABLES)
+def test_embedded_true_next_to_a_connection_variable_names_both(
+    variable: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two answers to "where is the data": refused at start rather than one ignored."""
+    env = {**CONNECTION_VALUES[variable](tmp_path), "REDIS_EMBEDDED": "true"}
+    with pytest.raises(ConfigError) as info:
+        _settings_from("environment", env, monkeypatch, tmp_path)
+    assert [p.variable for p in info.value.problems] == ["REDIS_EMBEDDED"]
+    assert variable in str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
+def test_other_variables_leave_the_embedded_server_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_NAMESPACE", "team-a")
+    monkeypatch.setenv("REDIS_MAX_CONNECTIONS", "10")
+    monkeypatch.setenv("REDIS_CONNECT_TIMEOUT", "1")
+    s = Settings()
+    assert s.connection_variables == ()
+    assert s.use_embedded
+
+
+@pytest.mark.parametrize(
+    ("values", "label"),
+    [
+        ({}, "127.0.0.1:6379"),
+        ({"redis_port": 1}, "127.0.0.1:1"),
+        ({"redis_url": "redis://u:pw@db.example:6390/2"}, "db.example:6390"),
+        ({"redis_url": "redis://[::1]:6390"}, "[::1]:6390"),
+        ({"redis_url": "unix:///run/redis.sock"}, "unix:/run/redis.sock"),
+        (
+            {"redis_use_cluster": True, "redis_cluster_nodes": "a:7000,[::1]:7001"},
+            "cluster a:7000,[::1]:7001",
+        ),
+        (
+            {
+                "redis_use_sentinel": True,
+                "redis_sentinel_nodes": "s1:26379,s2:26379",
+                "redis_master_name": "mymaster",
+            },
+            "sentinel master 'mymaster' via s1:26379,s2:26379",
+        ),
+    ],
+)
+def test_server_label_names_the_address_never_the_password(
+    values: dict[str, object], label: str
+) -> None:
+    assert Settings(**values).server_label == label
 
 
 def test_cluster_defaults_to_prefixed_layout() -> None:

@@ -268,6 +268,48 @@ async def test_timer_count_gauge_and_tenant_views(szen: Zen) -> None:
     assert await metrics.query(NAME, since=clock.now) == [], "tenants never mix"
 
 
+async def test_seed_record_metric_maps_dotted_names(szen: Zen) -> None:
+    """RedisManager.record_metric takes the seed's dotted names and records them under the
+    names zen exports; Metrics.record_metric itself stays strict (see the next test)."""
+    since = time.time() - 60
+    await szen.redis.record_metric("system.active_agents", 847)
+    await szen.redis.record_metric("agent.state.create.latency", 0.15, {"source": "seed"})
+    await szen.redis.record_metric("agent.memory.store.latency", 0.5, {"source": "seed"})
+    await szen.redis.record_metric("agent.task.duration", 2.5, {"type": "analyze"})
+    await szen.redis.record_metric("agent.memory.consolidation.count", 1)
+    await szen.redis.record_metric(NAME, 4.0)  # a valid name is recorded as given
+    report = await szen.metrics.flush()
+    assert report.ok, report.error
+
+    # The health task may set the same gauge (to the live count, 0 here) in the same bucket.
+    active = await szen.metrics.query(ACTIVE_AGENTS, since=since)
+    assert max(p.max for p in active) == 847.0, "system.active_agents is zen_active_agents"
+    for metric, operation, value in (
+        (STATE_OPERATION_LATENCY, "create", 0.15),
+        (MEMORY_OPERATION_LATENCY, "store", 0.5),
+    ):
+        points = await szen.metrics.query(
+            metric, tags={"operation": operation, "source": "seed"}, since=since
+        )
+        ((count, total),) = [(p.count, p.sum) for p in points]
+        assert count == 1, metric
+        assert total == pytest.approx(value), metric
+    for name, tags, value in (
+        ("agent_task_duration", {"type": "analyze"}, 2.5),
+        ("agent_memory_consolidation_count", {}, 1.0),
+        (NAME, {}, 4.0),
+    ):
+        points = await szen.metrics.query(name, tags=tags, since=since)
+        assert [(p.count, p.sum) for p in points] == [(1, value)], "other dots become '_'"
+    assert "agent.task.duration" not in await szen.metrics.names()
+
+    for bad in ("agent.task-duration", "1st.metric", "a..b.c!"):
+        with pytest.raises(ValidationError, match="metric name"):
+            await szen.redis.record_metric(bad, 1.0)
+    with pytest.raises(ValidationError, match="dict of str to str"):
+        await szen.redis.record_metric("agent.state.read.latency", 1.0, [("k", "v")])  # type: ignore[arg-type]
+
+
 async def test_invalid_input_is_refused_and_nothing_is_buffered(szen: Zen) -> None:
     clock = FakeClock()
     metrics = new_metrics(szen, clock)

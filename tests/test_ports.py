@@ -307,6 +307,19 @@ async def test_seed_allocate_port_and_release_port(szen: Zen) -> None:
     assert await alloc.release_port("agent-1", port) is False
 
 
+async def test_seed_allocate_port_without_a_range_uses_the_configured_range(
+    standalone: Target,
+) -> None:
+    """RedisManager.allocate_port(agent) leases from REDIS_PORT_RANGE_START/END, not from the
+    seed's literal (3284, 10000); an explicit range still wins."""
+    settings = standalone.settings(redis_port_range_start=20000, redis_port_range_end=20100)
+    async with open_zen(settings) as zen:
+        assert await zen.redis.allocate_port("agent-1") == 20000
+        assert await zen.redis.allocate_port("agent-2", None) == 20001
+        assert await zen.redis.allocate_port("agent-3", (9000, 9001)) == 9000
+        assert await zen.redis.release_port("agent-1", 20000) is True
+
+
 async def test_validation_errors_write_nothing(szen: Zen) -> None:
     alloc = PortAllocator(szen.redis, host="node-a")
     lease = PortLease(4000, "node-a", "ok", 1, datetime.now(UTC))

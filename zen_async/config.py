@@ -4,6 +4,12 @@ The seed's variable names are kept as they were (``REDIS_HOST``, ``REDIS_USE_CLU
 everything else follows the same ``REDIS_`` prefix. Any invalid value fails construction with a
 single :class:`~zen_async.errors.ConfigError` that names each bad variable, the value given and
 what would be accepted.
+
+Which server: any connection variable (:data:`CONNECTION_VARIABLES`: REDIS_URL, REDIS_HOST,
+REDIS_PORT, the credentials, every TLS, Sentinel and Cluster variable) set in the environment,
+``.env`` or the constructor, even to its default value, means "use that server"; the embedded
+server starts only when none is set (``REDIS_EMBEDDED=auto``) or with ``REDIS_EMBEDDED=true``,
+which refuses to start next to a connection variable rather than ignore it.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from zen_async.errors import ConfigError, ConfigProblem
 from zen_async.redact import DEFAULT_REDACT_FIELDS, FIELDS_PATTERN
 
-__all__ = ["Address", "Settings", "Topology"]
+__all__ = ["CONNECTION_VARIABLES", "Address", "Settings", "Topology"]
 
 Topology = Literal["standalone", "sentinel", "cluster"]
 DbLayout = Literal["databases", "prefixed"]
@@ -53,6 +59,29 @@ _ACCEPTED: dict[str, str] = {
     "redis_near_cache_ttl": "a number of seconds above 0 and at most 60",
 }
 _SECRET_FIELDS = frozenset({"redis_password", "redis_sentinel_password"})
+
+CONNECTION_VARIABLES: tuple[str, ...] = (
+    "REDIS_URL",
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "REDIS_USER",
+    "REDIS_PASSWORD",
+    "REDIS_ACL_ENABLED",
+    "REDIS_TLS",
+    "REDIS_TLS_CA_FILE",
+    "REDIS_TLS_CERT_FILE",
+    "REDIS_TLS_KEY_FILE",
+    "REDIS_TLS_CHECK_HOSTNAME",
+    "REDIS_USE_SENTINEL",
+    "REDIS_SENTINEL_NODES",
+    "REDIS_MASTER_NAME",
+    "REDIS_SENTINEL_USER",
+    "REDIS_SENTINEL_PASSWORD",
+    "REDIS_USE_CLUSTER",
+    "REDIS_CLUSTER_NODES",
+)
+"""The variables that say which server to use and how to reach it: setting any of them (even
+to its default) names a server, so the embedded one is not started in its place."""
 
 # Agent memory (docs/memory.md). The names mirror zen_async.memory's MemoryType and
 # MemoryPriority; config sits below memory in the layers, so they are spelled out here.
@@ -181,6 +210,9 @@ class Settings(BaseSettings):
     redis_tls_check_hostname: bool = True
     redis_db_layout: DbLayout | None = None
     redis_embedded: Literal["auto", "true", "false"] = "auto"
+    """'auto': the embedded valkey-server only when no connection variable is set
+    (CONNECTION_VARIABLES); 'true': always (a ConfigError next to a connection variable);
+    'false': never (REDIS_HOST:REDIS_PORT, by default 127.0.0.1:6379)."""
     redis_embedded_dir: Path = Field(default_factory=_default_embedded_dir)
 
     # --- timeouts and resilience (seconds unless named otherwise) -------------------------
@@ -356,9 +388,15 @@ class Settings(BaseSettings):
             parse_nodes("redis_sentinel_nodes", self.redis_sentinel_nodes)
         if self.redis_cluster_nodes.strip():
             parse_nodes("redis_cluster_nodes", self.redis_cluster_nodes)
-        if self.redis_embedded == "true" and (self.redis_use_cluster or self.redis_use_sentinel):
+        given = self.connection_variables
+        if self.redis_embedded == "true" and given:
+            # Both say where the data lives: refuse rather than silently ignore one of them.
+            names = ", ".join(given)
             raise _problem(
-                "redis_embedded", "true", "'false' or 'auto' when Cluster or Sentinel is configured"
+                "redis_embedded",
+                "true",
+                f"'auto' or 'false' when a server is configured ({names} set); to use the "
+                f"embedded server, unset {names}",
             )
 
     def _check_tls(self) -> None:
@@ -516,18 +554,44 @@ class Settings(BaseSettings):
         return None
 
     @property
+    def connection_variables(self) -> tuple[str, ...]:
+        """The :data:`CONNECTION_VARIABLES` given in the environment, ``.env`` or the
+        constructor (whatever their value), in that tuple's order."""
+        given = self.model_fields_set
+        return tuple(name for name in CONNECTION_VARIABLES if name.lower() in given)
+
+    @property
     def server_configured(self) -> bool:
-        """True when a server was named (REDIS_URL, REDIS_HOST, Cluster or Sentinel) in the
-        environment, ``.env`` or the constructor."""
-        named = {"redis_url", "redis_host"} & self.model_fields_set
-        return bool(named) or self.redis_use_cluster or self.redis_use_sentinel
+        """True when any connection variable was given (see :data:`CONNECTION_VARIABLES`)."""
+        return bool(self.connection_variables)
 
     @property
     def use_embedded(self) -> bool:
-        """Whether :func:`open_zen` starts its own private valkey-server."""
+        """Whether :func:`open_zen` starts its own private valkey-server: with
+        ``REDIS_EMBEDDED=auto`` only when no connection variable is set, with ``true``
+        always (construction refuses ``true`` next to a connection variable)."""
         if self.redis_embedded == "auto":
             return not self.server_configured
         return self.redis_embedded == "true"
+
+    @property
+    def server_label(self) -> str:
+        """Where the configured deployment is, for messages: ``host:port``, ``unix:<path>``,
+        ``cluster <node>,...`` or ``sentinel master '<name>' via <sentinel>,...``. It never
+        holds a password."""
+        if self.topology == "cluster":
+            return "cluster " + ",".join(_format_address(a) for a in self.cluster_nodes)
+        if self.topology == "sentinel":
+            sentinels = ",".join(_format_address(a) for a in self.sentinel_nodes)
+            return f"sentinel master {self.redis_master_name!r} via {sentinels}"
+        if self.unix_socket is not None:
+            return f"unix:{self.unix_socket}"
+        return _format_address(self.server_address)
+
+
+def _format_address(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _redact_url(url: str) -> str:

@@ -244,10 +244,9 @@ class PortAllocator:
         await self._reclaimed(host, reply[3:])
         return PortLease(port, host, agent_id, token, _at(expiry))
 
-    async def allocate_port(
-        self, agent_id: str, port_range: tuple[int, int] = (3284, 10000)
-    ) -> int:
-        """The seed's call: lease a port of ``port_range`` on this host; returns the port.
+    async def allocate_port(self, agent_id: str, port_range: tuple[int, int] | None = None) -> int:
+        """The seed's call: lease a port of ``port_range`` (None: the configured range,
+        REDIS_PORT_RANGE_START to REDIS_PORT_RANGE_END) on this host; returns the port.
 
         Raises:
             ValidationError, CapacityError: as :meth:`allocate`.

@@ -165,9 +165,10 @@ class DegradedMode:
     def _hold(self) -> None:
         if self._since is None:
             self._since = time.monotonic()
+        last = self.breaker.last_error
         self.breaker.hold(
             f"Redis was unreachable: {self.journal.depth} journaled writes wait to be "
-            "replayed, and nothing may overtake them"
+            "replayed, and nothing may overtake them" + (f"; last error: {last}" if last else "")
         )
         self._wake.set()
 

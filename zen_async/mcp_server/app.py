@@ -43,13 +43,21 @@ class _Holder:
         return self.zen
 
 
-def build_server(settings: Settings) -> MCPServer[Any]:
-    """An MCP server whose lifespan opens zen for ``settings`` and closes it on shutdown."""
+OnOpen = Callable[[Zen], None]
+"""Called once zen is open, before the first request: where a host says which server it got
+(the embedded one's address is known only then). Never write to stdout from it over stdio."""
+
+
+def build_server(settings: Settings, *, on_open: OnOpen | None = None) -> MCPServer[Any]:
+    """An MCP server whose lifespan opens zen for ``settings`` (then calls ``on_open(zen)``)
+    and closes it on shutdown."""
     holder = _Holder()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: MCPServer[Any]) -> AsyncIterator[Zen]:
         async with open_zen(settings) as zen:
+            if on_open is not None:
+                on_open(zen)
             holder.zen = zen
             try:
                 yield zen
@@ -63,9 +71,9 @@ def build_server(settings: Settings) -> MCPServer[Any]:
     return server
 
 
-async def serve_stdio(settings: Settings) -> None:
+async def serve_stdio(settings: Settings, *, on_open: OnOpen | None = None) -> None:
     """Serve MCP on stdin/stdout until the client closes it."""
-    await build_server(settings).run_stdio_async()
+    await build_server(settings, on_open=on_open).run_stdio_async()
 
 
 class BearerAuth:
@@ -104,18 +112,25 @@ class BearerAuth:
         await self._app(scope, receive, send)
 
 
-def http_app(settings: Settings, *, token: str | None, host: str) -> ASGIApp:
+def http_app(
+    settings: Settings, *, token: str | None, host: str, on_open: OnOpen | None = None
+) -> ASGIApp:
     """The streamable-HTTP ASGI app (at ``/mcp``), behind a bearer check when ``token``."""
-    app: ASGIApp = build_server(settings).streamable_http_app(host=host)
+    app: ASGIApp = build_server(settings, on_open=on_open).streamable_http_app(host=host)
     return BearerAuth(app, token) if token else app
 
 
 async def serve_http(
-    settings: Settings, *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: str | None = None,
+    on_open: OnOpen | None = None,
 ) -> None:
     """Serve MCP over streamable HTTP at ``http://<host>:<port>/mcp`` until cancelled."""
     config = uvicorn.Config(
-        http_app(settings, token=token, host=host),
+        http_app(settings, token=token, host=host, on_open=on_open),
         host=host,
         port=port,
         log_level="warning",

@@ -6,6 +6,19 @@ exposition name. Two conventions carry meaning:
 - a name ending in ``_total`` is a counter;
 - a name ending in ``_ms`` holds milliseconds (the seed's unit for latencies); the Prometheus
   exposition shows it in base units, as ``<stem>_seconds``.
+
+The seed recorded dotted names (``system.active_agents``); :func:`seed_metric` maps them to
+these names for ``RedisManager.record_metric``:
+
+===============================  ==================================================
+seed name                        recorded as
+===============================  ==================================================
+``system.active_agents``         ``zen_active_agents`` (gauge)
+``agent.state.<op>.latency``     ``zen_state_operation_latency_ms{operation="<op>"}``
+``agent.memory.<op>.latency``    ``zen_memory_operation_latency_ms{operation="<op>"}``
+any other dotted name            dots become ``_``: ``agent.task.duration`` ->
+                                 ``agent_task_duration``
+===============================  ==================================================
 """
 
 from __future__ import annotations
@@ -15,6 +28,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from numbers import Real
+from types import MappingProxyType
 from typing import Final, Literal
 
 from zen_async.errors import ValidationError
@@ -43,6 +57,7 @@ __all__ = [
     "PORT_ALLOCATION_FAILURES",
     "PORT_ALLOCATION_SUCCESSES",
     "REDIS_LATENCY",
+    "SEED_METRIC_NAMES",
     "STATE_OPERATION_LATENCY",
     "Kind",
     "MetricSpec",
@@ -51,6 +66,7 @@ __all__ = [
     "check_tags",
     "check_value",
     "default_buckets",
+    "seed_metric",
 ]
 
 Kind = Literal["counter", "gauge", "histogram"]
@@ -191,6 +207,42 @@ CORE_METRICS: Final[tuple[MetricSpec, ...]] = (
     _spec(METRICS_BUFFERED, "gauge", "Metric aggregates waiting to be written.", stored=False),
 )
 """Every metric zen_async itself records, declared up front so the exposition always has them."""
+
+
+SEED_METRIC_NAMES: Final[Mapping[str, str]] = MappingProxyType(
+    {"system.active_agents": ACTIVE_AGENTS}
+)
+"""The seed's fixed dotted names and the metric each is recorded as."""
+_SEED_OPERATION_LATENCY: Final = re.compile(r"agent\.(state|memory)\.([^.]+)\.latency\Z")
+_SEED_OPERATION_METRICS: Final = {
+    "state": STATE_OPERATION_LATENCY,
+    "memory": MEMORY_OPERATION_LATENCY,
+}
+
+
+def seed_metric(
+    name: str, tags: Mapping[str, str] | None = None
+) -> tuple[str, Mapping[str, str] | None]:
+    """Map a name the seed recorded to the metric zen_async records (table in the module
+    docstring): ``system.active_agents`` to :data:`ACTIVE_AGENTS`;
+    ``agent.state.<op>.latency`` and ``agent.memory.<op>.latency`` to the operation latency
+    histograms, with ``operation=<op>`` added to ``tags``; any other name with its dots
+    replaced by underscores. A name without a dot is returned unchanged. Pure: the
+    result is checked where it is recorded.
+
+    Returns:
+        The metric name and the tags to record it with.
+    """
+    if not isinstance(name, str) or "." not in name:
+        return name, tags
+    if (mapped := SEED_METRIC_NAMES.get(name)) is not None:
+        return mapped, tags
+    if (match := _SEED_OPERATION_LATENCY.match(name)) is not None:
+        metric = _SEED_OPERATION_METRICS[match[1]]
+        if tags is not None and not isinstance(tags, Mapping):
+            return metric, tags  # refused, with its reason, where it is recorded
+        return metric, {**(tags or {}), "operation": match[2]}
+    return name.replace(".", "_"), tags
 
 
 def check_name(name: object) -> str:

@@ -187,6 +187,19 @@ class Metrics:
         family = self._family(name, "counter" if counter else "histogram")
         self._record(family, self._tags(tags), check_value(name, value))
 
+    def record_seed_metric(
+        self, name: str, value: float, tags: Mapping[str, str] | None = None
+    ) -> None:
+        """:meth:`record_metric` for a name the seed used: dotted names are mapped first
+        (``system.active_agents`` to ``zen_active_agents``, others as
+        :func:`zen_async.metrics.names.seed_metric` says).
+
+        Raises:
+            ValidationError: invalid name (once mapped), tags or value.
+        """
+        mapped, mapped_tags = n.seed_metric(name, tags)
+        self.record_metric(mapped, value, mapped_tags)
+
     def count(self, name: str, amount: float = 1, /, **tags: str) -> None:
         """Add ``amount`` to the counter ``name`` (shown with a ``_total`` suffix).
 

@@ -8,6 +8,8 @@ maps those codes to the typed errors.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 
 from redis import exceptions as rx
 
@@ -108,9 +110,18 @@ RedisFailure = (rx.RedisError, rx.RedisClusterException)
 """What redis-py raises: its RedisError tree, and cluster routing errors outside it."""
 
 
-def map_error(exc: Exception, *, user: str | None = None) -> ZenError:
-    """Translate a redis-py exception into the ZenError tree (the caller raises it ``from``)."""
+def map_error(exc: Exception, *, user: str | None = None, server: str | None = None) -> ZenError:
+    """Translate a redis-py exception into the ZenError tree (the caller raises it ``from``).
+
+    Args:
+        exc: what redis-py raised.
+        user: the ACL user, named in authentication errors.
+        server: where the deployment is (``Settings.server_label``), named in the messages of
+            outages and failovers: redis-py's own text does not always say (``Timeout
+            connecting to server``).
+    """
     who = f"user {user!r}" if user else "the default user"
+    where = f"server {server}" if server else "server"
     cause = exc.__cause__
     # The cluster client reports a refused login on every startup node as "cannot be
     # connected", with the refusal as its cause: report the refusal.
@@ -146,19 +157,42 @@ def map_error(exc: Exception, *, user: str | None = None) -> ZenError:
             f"{_first_line(exc)}"
         )
     if isinstance(exc, rx.ConnectionError | rx.TimeoutError):
-        return BackendError(f"server unreachable: {_first_line(exc)}", retryable=True)
+        return BackendError(
+            f"{where} unreachable{_outage_cause(exc)}: {_first_line(exc)}", retryable=True
+        )
     if isinstance(exc, rx.ClusterDownError | rx.TryAgainError | rx.ReadOnlyError):
-        return BackendError(f"failover in progress: {_first_line(exc)}", retryable=True)
+        return BackendError(f"failover in progress on {where}: {_first_line(exc)}", retryable=True)
     if isinstance(exc, rx.DataError):
         return ValidationError(f"invalid command argument: {exc}")
     if isinstance(exc, rx.ResponseError):
-        return _map_reply(exc, who)
+        return _map_reply(exc, who, where)
     if isinstance(exc, rx.SlotNotCoveredError):
-        return BackendError(f"cluster slot not covered (failover?): {exc}", retryable=True)
-    return BackendError(f"{type(exc).__name__}: {_first_line(exc)}")
+        return BackendError(
+            f"cluster slot not covered on {where} (failover?): {exc}", retryable=True
+        )
+    return BackendError(f"{where}: {type(exc).__name__}: {_first_line(exc)}")
 
 
-def _map_reply(exc: rx.ResponseError, who: str) -> ZenError:
+def _outage_cause(exc: BaseException) -> str:
+    """`` (timeout)``, `` (connection refused)``, ... from the exception's type and the
+    errno of the OSError redis-py chains as its cause; empty when neither says."""
+    if isinstance(exc, rx.TimeoutError):
+        return " (timeout)"
+    cause = exc.__cause__
+    if isinstance(cause, TimeoutError):
+        return " (timeout)"
+    if not isinstance(cause, OSError):
+        return ""
+    # asyncio's strerror is "Connect call failed (...)": the errno says what failed.
+    reason = (
+        cause.strerror
+        if isinstance(cause, socket.gaierror) or not cause.errno
+        else os.strerror(cause.errno)
+    )
+    return f" ({reason[:1].lower()}{reason[1:]})" if reason else ""
+
+
+def _map_reply(exc: rx.ResponseError, who: str, where: str) -> ZenError:
     message = str(exc)
     code, _, rest = message.partition(" ")
     typed = SCRIPT_ERROR_CODES.get(code)
@@ -169,7 +203,7 @@ def _map_reply(exc: rx.ResponseError, who: str) -> ZenError:
     if code == "NOPERM":
         return AuthError(f"{who} is not permitted to do this: {message}")
     if message.startswith(_TRANSIENT_PREFIXES):
-        return BackendError(f"server busy or failing over: {message}", retryable=True)
+        return BackendError(f"{where} busy or failing over: {message}", retryable=True)
     return BackendError(f"error reply: {message}")
 
 

@@ -66,6 +66,9 @@ class BreakerStatistics:
     """Seconds since the current outage began (0 when closed)."""
     held: str | None = None
     """Why the breaker is held shut although the server answers (journal replay), or None."""
+    last_error: str | None = None
+    """The outage error that last opened the circuit (or failed its probe), while it is open;
+    None when closed."""
 
 
 class CircuitBreaker:
@@ -96,6 +99,7 @@ class CircuitBreaker:
         self._last_trip: float | None = None  # start of the current wait for a probe
         self._probe_in_flight = False
         self._held: str | None = None
+        self._last_error: str | None = None  # the newest outage failure, kept for messages
 
     @property
     def state(self) -> BreakerState:
@@ -124,9 +128,10 @@ class CircuitBreaker:
             self._state = BreakerState.HALF_OPEN
             return True
         self._rejected += 1
+        last = f"; last error: {self._last_error}" if self._last_error else ""
         raise DegradedError(
             f"circuit breaker open after {self._consecutive} consecutive connection failures "
-            f"or timeouts; the next probe is in {self._retry_in():.1f}s"
+            f"or timeouts; the next probe is in {self._retry_in():.1f}s{last}"
         )
 
     def hold(self, reason: str) -> None:
@@ -137,6 +142,12 @@ class CircuitBreaker:
     def release(self) -> None:
         """End :meth:`hold`."""
         self._held = None
+
+    @property
+    def last_error(self) -> str | None:
+        """The outage error that opened the circuit, or failed its latest probe (None while
+        closed): what a refused call's caller would want to know."""
+        return None if self._state is BreakerState.CLOSED else self._last_error
 
     @property
     def retry_in(self) -> float:
@@ -160,10 +171,14 @@ class CircuitBreaker:
             self._opened_at = None
             self._last_trip = None
         self._consecutive = 0
+        self._last_error = None
 
     def record_failure(self, *, probe: bool = False, error: str | None = None) -> None:
-        """Note an outage failure (connection failure or timeout); ``error`` (what failed)
-        is logged when it opens the circuit, so an operator sees why."""
+        """Note an outage failure (connection failure or timeout). ``error`` (what failed,
+        naming the server) is logged when it opens the circuit, and kept: every call refused
+        while the circuit is open says it (:attr:`last_error`)."""
+        if error is not None:
+            self._last_error = error
         self._consecutive += 1
         self._total += 1
         if probe:
@@ -199,4 +214,5 @@ class CircuitBreaker:
             opened_at=self._opened_at,
             open_for=open_for,
             held=self._held,
+            last_error=self.last_error,
         )

