@@ -18,6 +18,7 @@ async def test_the_file_gives_back_every_pending_write_in_order(tmp_path: Path) 
     second = await journal.append("events.publish", "acme", {"data": {"x": [1, 2]}})
     third = await journal.append("cache.set", "default", {"key": "c"})
     await journal.mark_done(first)
+    await journal.aclose()  # one owner per file: release it to the next one
 
     again = await OutageJournal.open(path=path, max_ops=10)
     assert [(e.op_id, e.kind, e.tenant, e.args) for e in again.pending()] == [
@@ -29,7 +30,10 @@ async def test_the_file_gives_back_every_pending_write_in_order(tmp_path: Path) 
     for entry in again.pending():
         await again.mark_done(entry)
     assert path.read_bytes() == b"", "the file is truncated once nothing is pending"
-    assert (await OutageJournal.open(path=path, max_ops=10)).depth == 0
+    await again.aclose()
+    last = await OutageJournal.open(path=path, max_ops=10)
+    assert last.depth == 0
+    await last.aclose()
 
 
 async def test_a_torn_last_line_is_cut_off_and_later_writes_stay_readable(
@@ -40,13 +44,14 @@ async def test_a_torn_last_line_is_cut_off_and_later_writes_stay_readable(
     kept = await journal.append("cache.set", "default", {"key": "a"})
     with path.open("ab") as f:
         f.write(b'{"rec": "op", "op_id": "torn')  # a crash in the middle of a write
+    await journal.aclose()
     reopened = await OutageJournal.open(path=path, max_ops=10)
     assert [e.op_id for e in reopened.pending()] == [kept.op_id]
     added = await reopened.append("cache.set", "default", {"key": "b"})
-    assert [e.op_id for e in (await OutageJournal.open(path=path, max_ops=10)).pending()] == [
-        kept.op_id,
-        added.op_id,
-    ]
+    await reopened.aclose()
+    last = await OutageJournal.open(path=path, max_ops=10)
+    assert [e.op_id for e in last.pending()] == [kept.op_id, added.op_id]
+    await last.aclose()
 
 
 async def test_a_full_journal_refuses_the_write_and_says_so(tmp_path: Path) -> None:

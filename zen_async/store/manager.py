@@ -356,7 +356,8 @@ async def open_redis_manager(settings: Settings) -> AsyncIterator[RedisManager]:
     replaced by the embedded one.
 
     Raises:
-        ConfigError: an embedded data directory that cannot be created or written.
+        ConfigError: an embedded data directory that cannot be created or written, or an
+            outage journal (REDIS_OUTAGE_JOURNAL) another process holds.
         BackendError: the embedded server would not start.
     """
     scripts = await anyio.to_thread.run_sync(ScriptRegistry.load)
@@ -374,6 +375,7 @@ async def open_redis_manager(settings: Settings) -> AsyncIterator[RedisManager]:
         journal = await OutageJournal.open(
             path=settings.redis_outage_journal, max_ops=settings.redis_outage_journal_max_ops
         )
+        stack.push_async_callback(journal.aclose)  # releases the file to the next process
         manager = RedisManager(settings, backend, scripts, embedded=embedded, journal=journal)
         try:
             report = await manager.health.check()
