@@ -54,6 +54,7 @@ from zen_async._cache_local import LocalCacheState, Ticket
 from zen_async.codec import Codec
 from zen_async.degraded import JournalEntry
 from zen_async.errors import ValidationError, ZenError
+from zen_async.ops import new_op_id
 from zen_async.store import Message, Reconnected
 from zen_async.store.keyspace import Arg, Keyspace
 from zen_async.store.manager import RedisManager
@@ -190,7 +191,9 @@ class Cache:
         self._local.read_ended(key, ticket, fresh=not found.stale)
         return found
 
-    async def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
+    async def set(
+        self, key: str, value: Any, *, ttl: float | None = None, op_id: str | None = None
+    ) -> None:
         """Store ``value`` (any JSON value, or bytes) under ``key``, and tell the other
         instances (a best-effort hint). While Redis is unreachable the write is journaled and
         applied on recovery (its TTL counts from then).
@@ -199,11 +202,14 @@ class Cache:
             key: the cache key.
             value: the value.
             ttl: seconds until it expires (fractions allowed); None keeps it until deleted.
+            op_id: names the write in the outage journal and in a BackendError (a set is
+                idempotent: applying it again sets the same value).
 
         Raises:
-            ValidationError: a bad key, TTL or value; nothing was written.
+            ValidationError: a bad key, TTL, value or op id; nothing was written.
             CapacityError: Redis is unreachable and the outage journal is full.
         """
+        op_id = new_op_id(op_id)
         name = self._value_key(key)
         ttl_ms = None if ttl is None else _ttl_ms(ttl)
         raw = self._codec.encode(value)
@@ -216,6 +222,7 @@ class Cache:
                 {"key": key, "value": base64.b64encode(raw).decode(), "ttl_ms": ttl_ms},
                 lambda: self._write(name, raw, ttl_ms, kind="c", key=key),
                 lambda _entry: None,
+                op_id=op_id,
             )
             done = True
         finally:  # a failed write keeps nothing (it may have been applied)

@@ -228,6 +228,9 @@ class Settings(BaseSettings):
     redis_degraded_mode: bool = True
     redis_outage_journal: Path | None = None
     redis_outage_journal_max_ops: int = Field(100_000, ge=1)
+    redis_op_marker_ttl: float = Field(86_400.0, ge=60, le=30 * 86_400)
+    """Seconds an applied write's op id is remembered (zen_async/ops.py): a retry or a
+    journal replay of the same op id within this window applies nothing again."""
     redis_last_known_size: int = Field(10_000, ge=0)
     redis_port_reserve: int = Field(8, ge=0, le=1024)
     redis_port_reserve_ttl: float = Field(600.0, gt=0)

@@ -27,8 +27,9 @@ import structlog
 from pydantic import BaseModel
 
 from zen_async.codec import Codec
-from zen_async.degraded import JournalEntry
-from zen_async.errors import NotFoundError, ValidationError, ZenError
+from zen_async.degraded import OFFLINE, JournalEntry
+from zen_async.errors import CapacityError, NotFoundError, ValidationError, ZenError
+from zen_async.ops import new_op_id
 from zen_async.store.keyspace import Arg, Keyspace
 from zen_async.store.manager import RedisManager
 
@@ -194,12 +195,18 @@ class ConversationStore:
         model_provider: str | None = None,
         model_name: str | None = None,
         model_metadata: dict[str, Any] | None = None,
+        op_id: str | None = None,
     ) -> int:
         """Append a turn to a thread in one atomic step that also stamps the thread's
-        ``last_updated_at`` and refreshes the TTL of all its keys.
+        ``last_updated_at`` and refreshes the TTL of all its keys; at most once per ``op_id``
+        (default: a new one): a second call with the same op id appends nothing and returns
+        the first call's count.
 
         While Redis is unreachable the turn is journaled and appended on recovery, exactly
-        once, in order with the other journaled writes.
+        once, in order with the other journaled writes. The turn limit is checked offline
+        too, against the thread's last-known count plus the turns journaled for it; a thread
+        this process has not seen cannot be checked, and a turn the server then refuses is
+        recorded as an event (``journal.resolved``) and counted, never dropped silently.
 
         Returns:
             The thread's turn count, this turn included; 0 for a journaled turn (the count
@@ -208,9 +215,11 @@ class ConversationStore:
         Raises:
             ValidationError: a bad argument; nothing was written.
             NotFoundError: the thread does not exist or has expired.
-            CapacityError: the thread already holds ``max_turns`` turns; nothing was written.
+            CapacityError: the thread already holds ``max_turns`` turns (or will, with the
+                turns journaled for it); nothing was written.
         """
         tid = _check_thread_id(thread_id)
+        op_id = new_op_id(op_id)
         if role not in ("user", "assistant"):
             raise ValidationError(f"role={role!r} is invalid: expected 'user' or 'assistant'")
         if not isinstance(content, str):
@@ -229,24 +238,52 @@ class ConversationStore:
             "model_name": _check_optional_name("model_name", model_name),
             "model_metadata": _check_metadata(model_metadata),
         }
-        return await self._redis.degraded.write(
-            "conversations.add_turn",
-            self._ks.tenant,
-            {"thread_id": tid, "body": body},
-            lambda: self._append_turn(tid, body, op_id=None),
-            lambda _entry: 0,
+        degraded = self._redis.degraded
+        done = await degraded.attempt(
+            lambda: self._append_turn(tid, body, op_id=op_id), op_id=op_id
         )
+        if done is not OFFLINE:
+            return done
+        self._check_turns_offline(tid)
+        await degraded.accept(
+            "conversations.add_turn", self._ks.tenant, {"thread_id": tid, "body": body}, op_id=op_id
+        )
+        return 0
 
-    async def _append_turn(self, tid: str, body: dict[str, Any], *, op_id: str | None) -> int:
-        keys = [self._meta_key(tid), self._turns_key(tid)]
-        if op_id is not None:
-            keys.append(self._ks.key("thread", f"{{{tid}}}", "op", op_id))
+    def _check_turns_offline(self, tid: str) -> None:
+        """Refuse a turn the thread has no room for, counting the journaled ones."""
+        known = self._redis.degraded.recall(self._count_key(tid))
+        if not isinstance(known, int):
+            return  # never seen here: the server checks it on replay
+        waiting = sum(
+            1
+            for e in self._redis.degraded.journal.pending()
+            if e.kind == "conversations.add_turn"
+            and e.tenant == self._ks.tenant
+            and e.args.get("thread_id") == tid
+        )
+        if known + waiting >= self._max_turns:
+            raise CapacityError(
+                f"conversation thread {tid} holds {known} turns and {waiting} more wait in the "
+                f"outage journal: at most {self._max_turns} are allowed; start a new thread"
+            )
+
+    def _count_key(self, tid: str) -> tuple[str, str, str]:
+        return ("thread-turns", self._ks.tenant, tid)
+
+    async def _append_turn(self, tid: str, body: dict[str, Any], *, op_id: str) -> int:
+        keys = [
+            self._meta_key(tid),
+            self._turns_key(tid),
+            self._ks.key("thread", f"{{{tid}}}", "op", op_id),
+        ]
         count, updated_ms = await self._ks.run_script(
             "conversation_add_turn",
             keys,
             [tid, self._max_turns, self._ttl_ms, self._codec.encode(body)],
-            idempotent=op_id is not None,
+            idempotent=True,
         )
+        self._redis.degraded.remember(self._count_key(tid), int(count))
         await self._index_update(tid, int(updated_ms))
         return int(count)
 

@@ -21,6 +21,7 @@ that boundary, with ``raise ... from exc`` so the original stays on ``__cause__`
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 __all__ = [
@@ -114,11 +115,35 @@ class BackendError(ZenError):
     Attributes:
         retryable: True when the same command may succeed later (connection lost, timeout,
             failover in progress); False for a definite error reply.
+        maybe_applied: True when a write was sent and its reply lost: it may have been
+            applied. Retrying with ``op_id`` is safe (applied at most once).
+        op_id: the operation id of the write that failed, when it had one.
     """
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        maybe_applied: bool = False,
+        op_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.maybe_applied = maybe_applied
+        self.op_id = op_id
+
+    def with_op(self, op_id: str, *, what: str = "this write", sent: bool = True) -> BackendError:
+        """The same error for a write under ``op_id``: says whether it may have been applied
+        (``sent`` and a lost reply, not a refusal) and which op id makes a retry safe."""
+        maybe = sent and self.retryable and not isinstance(self, DegradedError)
+        outcome = f"{what} may have been applied" if maybe else f"{what} was not applied"
+        error = copy.copy(self)
+        error.args = (
+            f"{self}; {outcome}: retry with op_id={op_id}, which applies it at most once",
+        )
+        error.maybe_applied, error.op_id = maybe, op_id
+        return error
 
 
 class DegradedError(BackendError):

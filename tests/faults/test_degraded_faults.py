@@ -236,9 +236,17 @@ async def test_agent_writes_during_an_outage_are_checked_journaled_and_replayed(
                 with pytest.raises(ConflictError, match="last known"):
                     await agents.transition("a1", "running", expected_version=7)
                 running = await agents.transition("a1", "running")
-                assert (running.version, running.event_id[:8]) == (3, "journal:")
+                # provisional: the last version the server gave; the server numbers it later
+                assert (running.version, running.event_id[:8], running.provisional) == (
+                    2,
+                    "journal:",
+                    True,
+                )
+                with pytest.raises(ConflictError, match="journaled writes to it wait"):
+                    await agents.update_agent("a1", metadata={}, expected_version=2)
                 updated = await agents.update_agent("a1", metadata={"step": 1, "api_key": "k"})
-                assert (updated.version, updated.stale) == (4, True)
+                assert (updated.version, updated.stale, updated.provisional) == (2, True, True)
+                assert updated.lifecycle_state == "running", "the view includes the journal"
                 assert updated.metadata == {"step": 1, "api_key": "[redacted]"}
                 assert await agents.heartbeat("a1", memory_mb=64) is not None
                 with pytest.raises(DegradedError, match="no last-known record of agent a2"):
@@ -287,7 +295,8 @@ async def test_a_journaled_transition_that_conflicts_keeps_the_server_state(
             group.server.pause()
             try:
                 await until_journaled(lambda: zen.cache.set("trip", 1))
-                await zen.agents.transition("a1", "running")  # journaled, based on version 2
+                # journaled, checked against version 2
+                await zen.agents.transition("a1", "running", expected_version=2)
             finally:
                 group.server.resume()
             # Another instance writes first: by the time the journal replays, version 2 is gone.

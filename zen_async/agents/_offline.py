@@ -1,12 +1,22 @@
 """Agents in degraded mode (docs/operations.md): what a transition, an update or a heartbeat
 does while Redis is unreachable, and how the journal applies it afterwards.
 
-Offline, a transition or update is checked against this process's last-known record of the
-agent (the lifecycle table, ``expected_version``), journaled with the version it is based on,
-and answered with the record it will produce (``event_id="journal:<op id>"``). On replay it is
-applied with that version as ``expected_version``: exactly once, since a second application
-finds the version moved on; when the version moved for another reason (another instance wrote
-meanwhile), the server's state is kept and the resolution recorded as an event.
+Two things are kept apart:
+
+- the **base**: the last record this process read from or wrote to the server (degraded
+  mode's last-known value under :func:`known_key`), only ever replaced by a server reply;
+- the **view** callers see offline: the base with this agent's journaled writes applied on
+  top, in journal order (:func:`view`). It carries ``stale=True`` and, when it includes a
+  journaled write, ``provisional=True``; its ``version`` stays the base's: an offline
+  acknowledgement never invents a server version.
+
+Offline, a transition or an update is checked against the view (the lifecycle table,
+``expected_version``), journaled with its operation id, and answered from the view. On replay
+it is applied with the same operation id: the script records the id in the step that applies
+the write, so a second application (a replay interrupted after the write, a retry after a
+lost reply) returns the first one's reply and changes nothing. Replay never reads or writes
+the view; a write the server refuses on replay (another instance moved the agent meanwhile)
+is recorded as an event and counted by degraded mode, never dropped silently.
 """
 
 from __future__ import annotations
@@ -23,35 +33,61 @@ from zen_async.agents.models import (
     LifecycleState,
     TransitionResult,
 )
-from zen_async.degraded import DegradedMode
+from zen_async.degraded import DegradedMode, JournalEntry
 from zen_async.errors import ConflictError, DegradedError, InvalidTransitionError
 
 __all__ = [
-    "already_applied",
+    "AGENT_WRITES",
+    "check_transition",
+    "check_version",
     "dump_changes",
     "journaled_result",
     "known_key",
     "offline_heartbeat",
-    "offline_transition",
-    "offline_update",
     "restore_changes",
-    "stale",
+    "view",
 ]
+
+AGENT_WRITES = frozenset({"agents.transition", "agents.update"})
+"""The journaled kinds that change an agent's record (a heartbeat changes only its lease)."""
 
 
 def known_key(tenant: str, agent_id: str) -> Hashable:
-    """The last-known cache key of an agent."""
+    """The last-known (base) cache key of an agent."""
     return ("agent", tenant, agent_id)
 
 
-def stale(record: AgentRecord | None) -> AgentRecord | None:
-    """``record`` marked as served from the last-known values."""
-    return None if record is None else record.model_copy(update={"stale": True})
+def _pending(degraded: DegradedMode, tenant: str, agent_id: str) -> list[JournalEntry]:
+    return [
+        e
+        for e in degraded.journal.pending()
+        if e.kind in AGENT_WRITES and e.tenant == tenant and e.args.get("agent_id") == agent_id
+    ]
 
 
-def _known(degraded: DegradedMode, tenant: str, agent_id: str, what: str) -> AgentRecord:
-    record = degraded.recall(known_key(tenant, agent_id))
-    if not isinstance(record, AgentRecord):
+def apply_entry(record: AgentRecord, entry: JournalEntry) -> AgentRecord:
+    """``record`` with one journaled write applied (its state or fields; not its version)."""
+    if entry.kind == "agents.transition":
+        return record.model_copy(update={"lifecycle_state": LifecycleState(entry.args["to_state"])})
+    return record.model_copy(update=restore_changes(entry.args["changes"]))
+
+
+def view(degraded: DegradedMode, tenant: str, agent_id: str) -> AgentRecord | None:
+    """The base with this agent's journaled writes applied in order, marked stale (and
+    provisional when a journaled write is in it); None when this process has no base."""
+    base = degraded.recall(known_key(tenant, agent_id))
+    if not isinstance(base, AgentRecord):
+        return None
+    record = base
+    pending = _pending(degraded, tenant, agent_id)
+    for entry in pending:
+        record = apply_entry(record, entry)
+    return record.model_copy(update={"stale": True, "provisional": bool(pending)})
+
+
+def _known_view(degraded: DegradedMode, tenant: str, agent_id: str, what: str) -> AgentRecord:
+    record = view(degraded, tenant, agent_id)
+    if record is None:
         raise DegradedError(
             f"Redis is unreachable and this process has no last-known record of agent "
             f"{agent_id}, so {what} cannot be checked now; retry once Redis is back"
@@ -59,63 +95,75 @@ def _known(degraded: DegradedMode, tenant: str, agent_id: str, what: str) -> Age
     return record
 
 
-def offline_transition(
+def check_version(
+    degraded: DegradedMode,
+    tenant: str,
+    agent_id: str,
+    expected_version: int | None,
+    what: str,
+) -> AgentRecord:
+    """The view of the agent, after checking ``expected_version`` against it offline.
+
+    Raises:
+        DegradedError: no last-known record.
+        ConflictError: the base is at another version, or journaled writes to this agent
+            wait (the version they will give is the server's to say, so it cannot be
+            checked now).
+    """
+    current = _known_view(degraded, tenant, agent_id, what)
+    if expected_version is None:
+        return current
+    if current.provisional:
+        raise ConflictError(
+            f"agent {agent_id}: expected_version {expected_version} cannot be checked while "
+            "journaled writes to it wait to be replayed (Redis is unreachable); retry without "
+            "expected_version, or once Redis is back"
+        )
+    if current.version != expected_version:
+        raise ConflictError(
+            f"agent {agent_id} is at version {current.version} (last known: Redis is "
+            f"unreachable), expected {expected_version}"
+        )
+    return current
+
+
+def check_transition(
     degraded: DegradedMode,
     tenant: str,
     agent_id: str,
     target: LifecycleState,
     expected_version: int | None,
-) -> tuple[AgentRecord, AgentRecord]:
-    """Check a transition against the last-known record; returns it and the record after.
+) -> AgentRecord:
+    """The view of the agent, after checking a transition to ``target`` against it offline.
 
     Raises:
         DegradedError: no last-known record.
         ConflictError, InvalidTransitionError: as online (nothing is journaled).
     """
-    known = _known(degraded, tenant, agent_id, f"a transition to {target.value}")
-    _check_version(known, expected_version)
-    if target not in TRANSITIONS[known.lifecycle_state]:
-        allowed = sorted(s.value for s in TRANSITIONS[known.lifecycle_state])
+    current = check_version(
+        degraded, tenant, agent_id, expected_version, f"a transition to {target.value}"
+    )
+    if target not in TRANSITIONS[current.lifecycle_state]:
+        allowed = sorted(s.value for s in TRANSITIONS[current.lifecycle_state])
         raise InvalidTransitionError(
-            f"agent {agent_id} cannot go from {known.lifecycle_state.value} to {target.value}; "
-            f"from {known.lifecycle_state.value} it may go to: "
+            f"agent {agent_id} cannot go from {current.lifecycle_state.value} to "
+            f"{target.value}; from {current.lifecycle_state.value} it may go to: "
             f"{', '.join(allowed) or 'nothing (final)'}"
         )
-    after = known.model_copy(
-        update={
-            "lifecycle_state": target,
-            "version": known.version + 1,
-            "updated_at": datetime.now(UTC),
-        }
-    )
-    return known, after
+    return current
 
 
-def journaled_result(known: AgentRecord, after: AgentRecord, op_id: str) -> TransitionResult:
-    """The caller's answer for a journaled transition."""
+def journaled_result(before: AgentRecord, target: LifecycleState, op_id: str) -> TransitionResult:
+    """The caller's answer for a journaled transition: provisional, at the last version the
+    server gave (the server numbers the new one when the journal is replayed)."""
     return TransitionResult(
-        agent_id=known.agent_id,
-        from_state=known.lifecycle_state,
-        to_state=after.lifecycle_state,
-        version=after.version,
+        agent_id=before.agent_id,
+        from_state=before.lifecycle_state,
+        to_state=target,
+        version=before.version,
         event_id=f"journal:{op_id}",
+        provisional=True,
     )
-
-
-def offline_update(
-    degraded: DegradedMode,
-    tenant: str,
-    agent_id: str,
-    changes: dict[str, Any],
-    expected_version: int | None,
-) -> tuple[AgentRecord, AgentRecord]:
-    """Check an update against the last-known record; returns it and the record after."""
-    known = _known(degraded, tenant, agent_id, "an update")
-    _check_version(known, expected_version)
-    after = known.model_copy(
-        update={**changes, "version": known.version + 1, "updated_at": datetime.now(UTC)}
-    )
-    return known, after
 
 
 def offline_heartbeat(lease_ms: int) -> datetime:
@@ -139,19 +187,3 @@ def restore_changes(changes: dict[str, Any]) -> dict[str, Any]:
     if "performance" in out:
         out["performance"] = AgentPerformance.model_validate(out["performance"])
     return out
-
-
-def already_applied(record: AgentRecord | None, based_on: int, changes: dict[str, Any]) -> bool:
-    """True when ``record`` is exactly one write past ``based_on`` and holds ``changes``: the
-    journaled write was applied before (its replay was interrupted)."""
-    if record is None or record.version != based_on + 1:
-        return False
-    return all(getattr(record, name) == value for name, value in changes.items())
-
-
-def _check_version(known: AgentRecord, expected_version: int | None) -> None:
-    if expected_version is not None and known.version != expected_version:
-        raise ConflictError(
-            f"agent {known.agent_id} is at version {known.version} (last known: Redis is "
-            f"unreachable), expected {expected_version}"
-        )

@@ -163,6 +163,7 @@ def new_record(
             "host": host,
             "pid": spec.pid,
             "stale": False,
+            "provisional": False,
         },
     )
 
@@ -202,6 +203,7 @@ def record_from_row(agent_id: str, row: Sequence[Any], times: Times) -> AgentRec
             "host": host.decode() if host else None,
             "pid": int(pid) if pid else None,
             "stale": False,
+            "provisional": False,
         },
     )
 

@@ -152,6 +152,9 @@ class AgentRecord(BaseModel):
     stale: bool = False
     """True when served from this process's last-known values while Redis is unreachable
     (degraded mode), or when it is the answer to a journaled write; never stored."""
+    provisional: bool = False
+    """True when it includes journaled writes the server has not applied yet: its fields show
+    them, its ``version`` is still the last one the server gave. Never stored."""
 
 
 class TransitionResult(BaseModel):
@@ -163,4 +166,10 @@ class TransitionResult(BaseModel):
     from_state: LifecycleState
     to_state: LifecycleState
     version: int
+    """The version the transition gave; for a journaled one (``provisional``), the last
+    version the server gave before it."""
     event_id: str
+    """The ``state_changed`` event's id; ``journal:<op id>`` for a journaled transition."""
+    provisional: bool = False
+    """True when journaled during an outage: accepted, to be applied (exactly once, by its
+    op id) when Redis is back."""

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -34,15 +33,15 @@ from zen_async.agents._lifecycle import (
     transition_result,
 )
 from zen_async.agents._offline import (
-    already_applied,
+    apply_entry,
+    check_transition,
+    check_version,
     dump_changes,
     journaled_result,
     known_key,
     offline_heartbeat,
-    offline_transition,
-    offline_update,
     restore_changes,
-    stale,
+    view,
 )
 from zen_async.agents._records import record_doc, spec_doc, text
 from zen_async.agents._waiting import StateWaiters
@@ -58,6 +57,7 @@ from zen_async.agents.models import (
 )
 from zen_async.degraded import OFFLINE, JournalEntry
 from zen_async.errors import (
+    BackendError,
     ConflictError,
     NotFoundError,
     ValidationError,
@@ -66,6 +66,7 @@ from zen_async.errors import (
 from zen_async.events import EventLog
 from zen_async.events.envelope import agent_shard, validate_agent_id
 from zen_async.metrics.names import STATE_OPERATION_LATENCY
+from zen_async.ops import new_op_id
 from zen_async.redact import Redactor
 from zen_async.store import Arg, Keyspace, RedisManager
 
@@ -121,6 +122,7 @@ class AgentStateManager:
         self._redactor = Redactor.from_settings(redis.settings)
         self.shards = redis.settings.redis_agent_shards
         self._lease_ms = int(lease_ttl * 1000)
+        self._op_ttl_ms = int(redis.settings.redis_op_marker_ttl * 1000)
         self._reap_interval = reap_interval
         self._grace_ms = int(release_grace * 1000)
         self._hints = StateWaiters(redis, events.agent_channel, self.get_agents, metrics)
@@ -151,6 +153,10 @@ class AgentStateManager:
 
     def _hint_args(self, shard: int) -> list[str | int]:
         return self._batches.hint_args(shard)
+
+    def _op_key(self, agent_id: str, op_id: str) -> str:
+        """The marker of one operation on ``agent_id`` (same hash tag as the agent)."""
+        return self._prefix(self._shard(agent_id)) + "op:" + op_id
 
     # --- create / read / update / delete ----------------------------------------------------
     async def create_agent(
@@ -218,7 +224,10 @@ class AgentStateManager:
         async def fetch() -> AgentRecord | None:
             return (await self.get_agents([agent_id]))[0]
 
-        return await self._degraded.read(known_key(self._tenant, agent_id), fetch, stale)
+        def offline(_base: AgentRecord | None) -> AgentRecord | None:
+            return view(self._degraded, self._tenant, agent_id)
+
+        return await self._degraded.read(known_key(self._tenant, agent_id), fetch, offline)
 
     async def get_agents(self, agent_ids: Sequence[str]) -> list[AgentRecord | None]:
         """Many agents, None where absent: one Lua call per chunk of agents of one shard.
@@ -243,20 +252,27 @@ class AgentStateManager:
         allocated_resources: dict[str, Any] | None = None,
         performance: AgentPerformance | None = None,
         metadata: dict[str, Any] | None = None,
+        op_id: str | None = None,
     ) -> AgentRecord:
         """Change some fields of an agent (the others stay) and bump its version.
 
         With ``expected_version`` the write happens only at that version; without it, a
-        concurrent write makes this call re-read and apply its change again. While Redis is
-        unreachable the update is checked against the last-known record, journaled, and
-        answered with the record it will produce (``stale=True``).
+        concurrent write makes this call re-read and apply its change again. The write is
+        applied at most once per ``op_id`` (default: a new one): calling again with the same
+        op id, after a timeout say, returns the agent without changing it again. While Redis
+        is unreachable the update is checked against the last-known view, journaled, and
+        answered with the view it produces (``stale=True, provisional=True``; ``version``
+        stays the last one the server gave).
 
         Raises:
-            ValidationError: metadata that is not a JSON object.
+            ValidationError: metadata that is not a JSON object, or a bad op id.
             NotFoundError: no such agent.
             ConflictError: the stored version is not ``expected_version``.
             DegradedError: Redis is unreachable and this process never saw the agent.
+            BackendError: Redis failed mid-call; ``maybe_applied`` says whether the write
+                may have happened, and ``op_id`` which op id to retry with.
         """
+        op_id = new_op_id(op_id)
         changes: dict[str, Any] = {}
         if capabilities is not None:
             changes["capabilities"] = capabilities
@@ -273,51 +289,79 @@ class AgentStateManager:
                     f"{type(metadata).__name__}"
                 )
             changes["metadata"] = self._redactor.redact(metadata, what="agent metadata")
+        validate_agent_id(agent_id)
         done = await self._degraded.attempt(
-            lambda: self._update_now(agent_id, changes, expected_version)
+            lambda: self._update_now(agent_id, changes, expected_version, op_id)
         )
         if done is not OFFLINE:
             return done
-        known, after = offline_update(
-            self._degraded, self._tenant, agent_id, changes, expected_version
+        current = check_version(
+            self._degraded, self._tenant, agent_id, expected_version, "an update"
         )
-        record_doc(after)  # not JSON-serialisable: refused before anything is journaled
-        await self._degraded.accept(
+        record_doc(current.model_copy(update=changes))  # refused before it is journaled
+        entry = await self._degraded.accept(
             "agents.update",
             self._tenant,
-            {"agent_id": agent_id, "based_on": known.version, "changes": dump_changes(changes)},
+            {
+                "agent_id": agent_id,
+                "changes": dump_changes(changes),
+                "expected_version": expected_version,
+            },
+            op_id=op_id,
         )
-        self._degraded.remember(known_key(self._tenant, agent_id), after)
-        return after.model_copy(update={"stale": True})
+        return apply_entry(current, entry).model_copy(update={"provisional": True})
 
     async def _update_now(
-        self, agent_id: str, changes: dict[str, Any], expected_version: int | None
+        self,
+        agent_id: str,
+        changes: dict[str, Any],
+        expected_version: int | None,
+        op_id: str,
     ) -> AgentRecord:
+        """Read the agent from the server (never the last-known view), apply ``changes`` and
+        write it back at the version read, once per ``op_id``."""
         while True:
-            current = await self.get_agent(agent_id)
+            with self._maybe_applied("update", op_id, sent=False):
+                current = (await self.get_agents([agent_id]))[0]
             if current is None:
                 raise NotFoundError(f"agent {agent_id!r} does not exist")
-            if expected_version is not None and current.version != expected_version:
-                raise ConflictError(
-                    f"agent {agent_id} is at version {current.version}, expected {expected_version}"
-                )
             updated = current.model_copy(update=changes)
             doc = record_doc(updated)
+            at = current.version if expected_version is None else expected_version
             try:
-                version = await self._ks.run_script(
-                    "agent_update",
-                    [self._agent_key(agent_id)],
-                    [agent_id, current.version, doc],
-                )
-            except ConflictError:
+                with self._maybe_applied("update", op_id):
+                    version = int(
+                        await self._ks.run_script(
+                            "agent_update",
+                            [self._agent_key(agent_id), self._op_key(agent_id, op_id)],
+                            [agent_id, at, doc, self._op_ttl_ms],
+                        )
+                    )
+            except ConflictError as exc:
                 if expected_version is not None:
-                    raise
+                    raise explain(exc, agent_id) from None
                 continue  # lost a race: read again and re-apply this change
+            if version != current.version + 1:  # this op was applied before: read what it made
+                found = (await self.get_agents([agent_id]))[0]
+                if found is None:
+                    raise NotFoundError(f"agent {agent_id!r} does not exist")
+                return found
             updated = updated.model_copy(
-                update={"version": int(version), "updated_at": datetime.now(UTC)}
+                update={"version": version, "updated_at": datetime.now(UTC)}
             )
             self._degraded.remember(known_key(self._tenant, agent_id), updated)
             return updated
+
+    @contextlib.contextmanager
+    def _maybe_applied(self, what: str, op_id: str, *, sent: bool = True) -> Iterator[None]:
+        """Name ``op_id`` in a BackendError raised inside, and whether the write may have been
+        applied (``sent``: the script was sent and its reply lost)."""
+        try:
+            yield
+        except BackendError as exc:
+            if exc.op_id is not None:
+                raise
+            raise exc.with_op(op_id, what=f"this {what}", sent=sent) from exc.__cause__
 
     async def delete_agent(self, agent_id: str) -> bool:
         """Remove an agent, its index entries and lease, and release its ports.
@@ -342,9 +386,14 @@ class AgentStateManager:
         *,
         expected_version: int | None = None,
         reason: str | None = None,
+        op_id: str | None = None,
     ) -> TransitionResult:
         """Move an agent to ``to_state`` in one atomic step (state, version, indexes and a
-        ``state_changed`` event in its shard stream and audit trail).
+        ``state_changed`` event in its shard stream and audit trail), at most once per
+        ``op_id`` (default: a new one): calling again with the same op id returns the first
+        call's result and changes nothing. While Redis is unreachable it is checked against
+        the last-known view, journaled, and answered ``provisional`` (``event_id`` is then
+        ``journal:<op id>``, ``version`` the last one the server gave).
 
         Raises:
             ValidationError: an unknown state or a bad id.
@@ -352,46 +401,52 @@ class AgentStateManager:
             ConflictError: the stored version is not ``expected_version``.
             InvalidTransitionError: the table does not allow it; names from, to and the
                 allowed targets. Nothing was written.
-            DegradedError: Redis is unreachable and this process never saw the agent (with
-                a last-known record, the transition is checked against it and journaled;
-                its ``event_id`` is then ``journal:<op id>``).
+            DegradedError: Redis is unreachable and this process never saw the agent.
+            BackendError: Redis failed mid-call; ``maybe_applied`` says whether the
+                transition may have happened, and ``op_id`` which op id to retry with.
         """
+        op_id = new_op_id(op_id)
         keys, args, target = self._transition_call(agent_id, to_state, expected_version, reason)
+        keys.append(self._op_key(agent_id, op_id))
+        args.append(self._op_ttl_ms)
         result = await self._degraded.attempt(
-            lambda: self._transition_now(agent_id, keys, args, target)
+            lambda: self._transition_now(agent_id, keys, args, target, op_id)
         )
         if result is not OFFLINE:
             return result
-        known, after = offline_transition(
-            self._degraded, self._tenant, agent_id, target, expected_version
-        )
+        before = check_transition(self._degraded, self._tenant, agent_id, target, expected_version)
         entry = await self._degraded.accept(
             "agents.transition",
             self._tenant,
             {
                 "agent_id": agent_id,
                 "to_state": target.value,
-                "based_on": known.version,
+                "expected_version": expected_version,
                 "reason": reason,
             },
+            op_id=op_id,
         )
-        self._degraded.remember(known_key(self._tenant, agent_id), after)
-        return journaled_result(known, after, entry.op_id)
+        return journaled_result(before, target, entry.op_id)
 
     async def _transition_now(
-        self, agent_id: str, keys: list[str], args: list[Arg], target: LifecycleState
+        self,
+        agent_id: str,
+        keys: list[str],
+        args: list[Arg],
+        target: LifecycleState,
+        op_id: str,
     ) -> TransitionResult:
         try:
-            with self._timed("transition"):
+            with self._timed("transition"), self._maybe_applied("transition", op_id):
                 reply = await self._ks.run_script("agent_transition", keys, args)
         except ZenError as exc:
             raise explain(exc, agent_id) from None
         result = transition_result(agent_id, target, reply)
         key = known_key(self._tenant, agent_id)
-        known = self._degraded.recall(key)
-        if isinstance(known, AgentRecord):
+        base = self._degraded.recall(key)
+        if isinstance(base, AgentRecord) and base.version < result.version:
             self._degraded.remember(
-                key, known.model_copy(update={"lifecycle_state": target, "version": result.version})
+                key, base.model_copy(update={"lifecycle_state": target, "version": result.version})
             )
         return result
 
@@ -524,34 +579,30 @@ class AgentStateManager:
             return await self._batches.heartbeat(agent_ids, gauges)
 
     async def replay_journaled(self, entry: JournalEntry) -> None:
-        """Apply a transition, update or heartbeat journaled during an outage, exactly once
-        (see ``_offline``).
+        """Apply a transition, update or heartbeat journaled during an outage, exactly once:
+        with the op id it was journaled under, which the script records in the step that
+        applies it (see ``_offline``). Reads and writes the server only, never the
+        last-known view.
 
         Raises:
-            ConflictError: the agent's version moved on meanwhile for another reason; the
-                server's state is kept.
-            ZenError: the agent is gone, or the write is refused now.
+            ZenError: the server refuses it now (another instance moved the agent, or
+                deleted it, meanwhile); degraded mode records that as an event.
         """
         a = entry.args
-        agent_id = a.get("agent_id", "")
         if entry.kind == "agents.heartbeat":
             await self._batches.heartbeat(a["agent_ids"], a["gauges"])
             return
+        agent_id = a["agent_id"]
+        expected = a.get("expected_version")
         if entry.kind == "agents.transition":
             target = LifecycleState(a["to_state"])
-            changes: dict[str, Any] = {"lifecycle_state": target}
-            keys, args, _ = self._transition_call(agent_id, target, a["based_on"], a["reason"])
-            apply: Callable[[], Awaitable[object]] = functools.partial(
-                self._transition_now, agent_id, keys, args, target
-            )
+            keys, args, _ = self._transition_call(agent_id, target, expected, a["reason"])
+            keys.append(self._op_key(agent_id, entry.op_id))
+            args.append(self._op_ttl_ms)
+            await self._transition_now(agent_id, keys, args, target, entry.op_id)
         else:
             changes = restore_changes(a["changes"])
-            apply = functools.partial(self._update_now, agent_id, changes, a["based_on"])
-        try:
-            await apply()
-        except ConflictError:
-            if not already_applied(await self.get_agent(agent_id), a["based_on"], changes):
-                raise
+            await self._update_now(agent_id, changes, expected, entry.op_id)
 
     async def reap(self) -> list[str]:
         """One reaper pass over every shard: agents whose lease expired move to ``error``

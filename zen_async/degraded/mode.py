@@ -112,6 +112,8 @@ class DegradedMode:
         args: dict[str, Any],
         apply: Callable[[], Awaitable[T]],
         offline: Callable[[JournalEntry], T],
+        *,
+        op_id: str | None = None,
     ) -> T:
         """Apply a write now, or journal it when the circuit is open (or the journal is not
         yet empty, so that it stays behind the writes already there).
@@ -122,20 +124,24 @@ class DegradedMode:
             args: JSON-safe arguments, everything the replay needs.
             apply: performs the write now.
             offline: the caller's result for a journaled write.
+            op_id: the write's op id (journaled under it; named by a BackendError).
 
         Raises:
             DegradedError: degraded mode is disabled and the circuit is open.
             CapacityError: the journal is full; the write was not accepted.
         """
-        done = await self.attempt(apply)
+        done = await self.attempt(apply, op_id=op_id)
         if done is not OFFLINE:
             return done
-        return offline(await self.accept(kind, tenant, args))
+        return offline(await self.accept(kind, tenant, args, op_id=op_id))
 
-    async def attempt(self, apply: Callable[[], Awaitable[T]]) -> T | Literal[Offline.OFFLINE]:
+    async def attempt(
+        self, apply: Callable[[], Awaitable[T]], *, op_id: str | None = None
+    ) -> T | Literal[Offline.OFFLINE]:
         r"""``await apply()``, or :data:`OFFLINE` when the write must be journaled instead:
         the journal already holds writes (it stays behind them), or the circuit is open.
         A caller that gets OFFLINE checks what it can offline, then :meth:`accept`\ s it.
+        With ``op_id``, a BackendError names it and whether the write may have been applied.
 
         Raises:
             DegradedError: the circuit is open and writes are not journaled (degraded mode
@@ -146,18 +152,25 @@ class DegradedMode:
             return OFFLINE
         try:
             return await apply()
-        except DegradedError:
+        except DegradedError as exc:
             if not self.journal_writes or replay:
-                raise
+                raise exc if op_id is None or exc.op_id else exc.with_op(op_id) from None
             return OFFLINE
+        except BackendError as exc:
+            if op_id is None or exc.op_id is not None:
+                raise
+            raise exc.with_op(op_id) from exc.__cause__
 
-    async def accept(self, kind: str, tenant: str, args: dict[str, Any]) -> JournalEntry:
-        """Journal a write whose caller decided it cannot reach Redis (see :meth:`write`).
+    async def accept(
+        self, kind: str, tenant: str, args: dict[str, Any], *, op_id: str | None = None
+    ) -> JournalEntry:
+        """Journal a write whose caller decided it cannot reach Redis (see :meth:`write`),
+        under ``op_id`` (the write's own, which its replay applies it with; default: new).
 
         Raises:
             CapacityError: the journal is full; the write was not accepted.
         """
-        entry = await self.journal.append(kind, tenant, args)
+        entry = await self.journal.append(kind, tenant, args, op_id=op_id)
         self._hold()
         log.info("write_journaled", kind=kind, op_id=entry.op_id, depth=self.journal.depth)
         return entry

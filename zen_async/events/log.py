@@ -35,6 +35,7 @@ from zen_async.events.envelope import (
     validate_agent_id,
     validate_stream_name,
 )
+from zen_async.ops import new_op_id
 from zen_async.redact import Redactor
 from zen_async.store import Keyspace, RedisManager
 
@@ -206,26 +207,37 @@ class EventLog:
         *,
         agent_id: str | None = None,
         idempotency_key: str | None = None,
+        op_id: str | None = None,
     ) -> str:
         """Append an event to a named stream; returns its id.
 
-        With an ``idempotency_key`` a retried publish is never appended twice: the id of the
-        first append is returned. While Redis is unreachable the publish is journaled and
-        appended on recovery, exactly once; the id returned is then ``journal:<op id>``.
+        Appended at most once per ``idempotency_key`` (default: ``op/<op_id>``, the op id
+        given or a new one): a retried publish returns the id of the first append. While
+        Redis is unreachable the publish is journaled and appended on recovery, exactly once;
+        the id returned is then ``journal:<op id>``.
         Sensitive fields of ``data`` (``REDIS_REDACT_FIELDS``) are stored as ``"[redacted]"``.
 
         Raises:
             ValidationError: a bad name, type, agent id, key, or data that is not JSON.
             CapacityError: Redis is unreachable and the outage journal is full.
         """
-        return await self._publish(stream, NewEvent(event_type, data, agent_id, idempotency_key))
+        op_id = new_op_id(op_id)
+        key = f"op/{op_id}" if idempotency_key is None else idempotency_key
+        return await self._publish(stream, NewEvent(event_type, data, agent_id, key), op_id=op_id)
 
-    async def _publish(self, stream: str, event: NewEvent, *, settled: bool = False) -> str:
+    async def _publish(
+        self, stream: str, event: NewEvent, *, settled: bool = False, op_id: str | None = None
+    ) -> str:
         ref = self.stream(stream)
         event = self._protect(event)
         self._publish_call(ref, event, audit=False, hint=False)  # validates before journaling
         return await self._journaled(
-            "events.publish", stream, event, lambda: self._append(ref, event), settled=settled
+            "events.publish",
+            stream,
+            event,
+            lambda: self._append(ref, event),
+            settled=settled,
+            op_id=op_id,
         )
 
     async def _append(self, ref: StreamRef, event: NewEvent) -> str:
@@ -244,6 +256,7 @@ class EventLog:
         apply: Callable[[], Awaitable[str]],
         *,
         settled: bool = False,
+        op_id: str | None = None,
     ) -> str:
         """``apply()``, or journal the event when Redis is unreachable (the circuit is open);
         ``settled`` (the event of a change already made) journals it on any retryable failure
@@ -261,12 +274,12 @@ class EventLog:
             return f"journal:{entry.op_id}"
 
         try:
-            return await degraded.write(kind, self.tenant, args, apply, offline)
+            return await degraded.write(kind, self.tenant, args, apply, offline, op_id=op_id)
         except BackendError as exc:
             if not (settled and exc.retryable and degraded.journal_writes):
                 raise
             log.warning("event_journaled_after_failure", kind=kind, stream=stream, error=str(exc))
-            return offline(await degraded.accept(kind, self.tenant, args))
+            return offline(await degraded.accept(kind, self.tenant, args, op_id=op_id))
 
     async def record(
         self,
@@ -354,20 +367,26 @@ class EventLog:
         data: Any,
         *,
         idempotency_key: str | None = None,
+        op_id: str | None = None,
     ) -> str:
         """Append an event to the agent's shard stream and to its audit trail, and send a
-        hint on :attr:`agent_channel`, in one atomic step. Returns the event id (while Redis
-        is unreachable: journaled as :meth:`publish` is, and ``journal:<op id>``).
+        hint on :attr:`agent_channel`, in one atomic step; at most once per idempotency key
+        (default ``op/<op_id>``, as :meth:`publish`). Returns the event id (while Redis is
+        unreachable: journaled as :meth:`publish` is, and ``journal:<op id>``).
 
         Raises:
             ValidationError: a bad agent id, type, key, or data that is not JSON.
             CapacityError: Redis is unreachable and the outage journal is full.
         """
+        op_id = new_op_id(op_id)
+        key = f"op/{op_id}" if idempotency_key is None else idempotency_key
         return await self._publish_agent(
-            agent_id, NewEvent(event_type, data, agent_id, idempotency_key)
+            agent_id, NewEvent(event_type, data, agent_id, key), op_id=op_id
         )
 
-    async def _publish_agent(self, agent_id: str, event: NewEvent, *, settled: bool = False) -> str:
+    async def _publish_agent(
+        self, agent_id: str, event: NewEvent, *, settled: bool = False, op_id: str | None = None
+    ) -> str:
         ref = self.agent_stream(validate_agent_id(agent_id))
         event = self._protect(event)
         self._publish_call(ref, event, audit=True, hint=True)  # validates before journaling
@@ -377,6 +396,7 @@ class EventLog:
             event,
             lambda: self._append_agent_event(agent_id, event),
             settled=settled,
+            op_id=op_id,
         )
 
     async def _append_agent_event(self, agent_id: str, event: NewEvent) -> str:

@@ -187,9 +187,10 @@ def _register_core_tools(server: MCPServer[Any], get: ZenProvider) -> None:
         to_state: LifecycleState,
         expected_version: int | None = None,
         reason: str | None = None,
+        op_id: str | None = None,
     ) -> TransitionResult:
         return await get().agents.transition(
-            agent_id, to_state, expected_version=expected_version, reason=reason
+            agent_id, to_state, expected_version=expected_version, reason=reason, op_id=op_id
         )
 
     @tool(name="agent_heartbeat", description="Refresh an agent's liveness lease.")
@@ -333,6 +334,7 @@ def _register_core_tools(server: MCPServer[Any], get: ZenProvider) -> None:
         tool_name: str | None = None,
         model_provider: str | None = None,
         model_name: str | None = None,
+        op_id: str | None = None,
     ) -> int:
         return await get().conversations.add_turn(
             thread_id,
@@ -342,6 +344,7 @@ def _register_core_tools(server: MCPServer[Any], get: ZenProvider) -> None:
             tool_name=tool_name,
             model_provider=model_provider,
             model_name=model_name,
+            op_id=op_id,
         )
 
     @tool(name="conversation_get", description="Get a conversation thread with its turns.")
@@ -360,8 +363,10 @@ def _register_core_tools(server: MCPServer[Any], get: ZenProvider) -> None:
 
     @tool(name="cache_set", description="Cache a JSON value, with a TTL in seconds.")
     @_zen_errors
-    async def cache_set(key: str, value: Any, ttl: float | None = None) -> bool:
-        await get().cache.set(key, value, ttl=ttl)
+    async def cache_set(
+        key: str, value: Any, ttl: float | None = None, op_id: str | None = None
+    ) -> bool:
+        await get().cache.set(key, value, ttl=ttl, op_id=op_id)
         return True
 
     @tool(name="health", description="Health of the Redis deployment (the seed's keys, more).")
@@ -414,6 +419,7 @@ def _register_memory_tools(server: MCPServer[Any], get: ZenProvider) -> None:
         tags: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
         vector: list[float] | None = None,
+        op_id: str | None = None,
     ) -> MemoryOut:
         entry = await get().memory.store_memory(
             agent_id,
@@ -423,6 +429,7 @@ def _register_memory_tools(server: MCPServer[Any], get: ZenProvider) -> None:
             tags=tags or (),
             metadata=metadata,
             vector=vector,
+            op_id=op_id,
         )
         return MemoryOut.of(entry)
 

@@ -47,6 +47,7 @@ from zen_async.memory.prepare import Prepared, enum_value, prepare, store_call, 
 from zen_async.memory.search import Scan, rank
 from zen_async.memory.spaces import SpaceCache
 from zen_async.metrics.names import MEMORY_OPERATION_LATENCY
+from zen_async.ops import new_op_id
 from zen_async.redact import Redactor
 from zen_async.store import Arg, RedisManager
 
@@ -135,6 +136,7 @@ class AgentMemoryManager:
         tags: Sequence[str] = (),
         metadata: Mapping[str, JSONValue] | None = None,
         vector: npt.ArrayLike | None = None,
+        op_id: str | None = None,
     ) -> MemoryEntry:
         """Store a memory, or reinforce its exact duplicate.
 
@@ -143,7 +145,10 @@ class AgentMemoryManager:
         is returned instead, reinforced (access count + 1, expiry extended); this is atomic
         across processes. Without ``vector`` the content is embedded. While Redis is
         unreachable the store is journaled (docs/operations.md, degraded mode) and the entry
-        returned is stamped by this machine's clock until the journal is replayed.
+        returned is stamped by this machine's clock until the journal is replayed. The store
+        is applied once per memory id (made here): its replay, or a retry of the script after
+        a lost reply, finds the id stored and changes nothing. ``op_id`` names the write in
+        the journal and in a BackendError.
 
         Raises:
             ValidationError: a bad agent id, content, tags, metadata or vector (wrong
@@ -151,9 +156,11 @@ class AgentMemoryManager:
                 Nothing is written then.
         """
         item = NewMemory(agent_id, content, memory_type, priority, tags, metadata, vector)
-        return (await self.store_memories([item]))[0]
+        return (await self.store_memories([item], op_id=op_id))[0]
 
-    async def store_memories(self, items: Sequence[NewMemory]) -> list[MemoryEntry]:
+    async def store_memories(
+        self, items: Sequence[NewMemory], *, op_id: str | None = None
+    ) -> list[MemoryEntry]:
         """Store many memories, embedding those without a vector in one batch and writing in
         pipelined batches. Each is deduplicated as :meth:`store_memory` does (also against
         an earlier item of the same call).
@@ -175,6 +182,7 @@ class AgentMemoryManager:
             {"items": [p.to_json() for p in prepared]},
             lambda: self._store(prepared),
             lambda _entry: [self._entry(_offline(p)) for p in prepared],
+            op_id=new_op_id(op_id),
         )
 
     def _redacted(self, item: NewMemory) -> NewMemory:
