@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -194,6 +196,56 @@ async def test_cluster_master_kill_resumes_once_the_replica_is_promoted(
             assert await ks.get(key) == b"after"
             assert await ks.mget(others) == [b"x"] * 50  # every slot is served again
             print(f"{flavor} cluster failover: operations resumed after {took:.2f}s")
+    finally:
+        await anyio.to_thread.run_sync(group.stop)
+
+
+async def test_cluster_closes_connections_left_on_a_node_dropped_from_the_slot_map(
+    tmp_path: Path,
+) -> None:
+    """No connection stays open on a node that a topology refresh dropped (a killed master,
+    once its replica took over): nothing would ever close it, and collecting the node warns
+    "Unclosed ClusterNode". redis-py 8.2 still runs work on such a node: a pipeline routes
+    its commands, then starts one task per node, and a refresh that ends before a task
+    starts leaves the task on the dropped node (our replicated writes pin their node the
+    same way). Once the killed master is back, the connection that task opens goes back to
+    the dropped node's idle list, open. That task is played here by a pipeline pinned to the
+    dropped node after the refresh."""
+    group = ClusterGroup("redis", base_dir=tmp_path, node_timeout_ms=1000)
+    await anyio.to_thread.run_sync(group.start)
+    try:
+        settings = settings_for(group, redis_socket_timeout=1.0, redis_connect_timeout=0.5)
+        async with open_zen(settings) as zen:
+            cluster = zen.redis._backend.cluster
+            assert cluster is not None
+            ks = zen.redis.keyspace("state")
+            key = ks.key("{slot-under-test}", "value")
+            await ks.set(key, b"before")
+            victim = group.master_for_key(key)
+            dropped = cluster.get_node(victim.host, victim.port)
+            assert dropped is not None
+            victim.kill()
+            await anyio.to_thread.run_sync(lambda: group.wait_for_promotion(victim))
+
+            deadline = time.monotonic() + 30.0
+            while cluster.get_node(victim.host, victim.port) is dropped:
+                assert time.monotonic() < deadline, "no refresh dropped the killed master"
+                with contextlib.suppress(ZenError):  # a failed write asks for a refresh
+                    await ks.set(key, b"after")
+                await asyncio.sleep(0.05)
+            await anyio.to_thread.run_sync(victim.start)  # as a supervisor would restart it
+            pipe = cluster.pipeline(transaction=False)
+            pipe.execute_command("PING", target_nodes=dropped)
+            await pipe.execute(raise_on_error=False)
+            deadline = time.monotonic() + 5.0
+            while any(conn.is_connected for conn in dropped._connections):
+                assert time.monotonic() < deadline, "a connection stays open on a dropped node"
+                await asyncio.sleep(0.02)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ResourceWarning)
+                del dropped
+                gc.collect()
+            assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
     finally:
         await anyio.to_thread.run_sync(group.stop)
 

@@ -33,7 +33,7 @@ from importlib import metadata
 from typing import Any, Final
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
-from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.cluster import ClusterNode, NodesManager
 from redis.asyncio.connection import (
     AbstractConnection,
     Connection,
@@ -474,6 +474,49 @@ def _sentinel_kwargs(settings: Settings, driver: DriverInfo) -> dict[str, Any]:
     return kwargs
 
 
+class _RetiredClusterNode(ClusterNode):
+    """A cluster node a topology refresh dropped: it closes every connection handed back."""
+
+    __slots__ = ()
+
+    def release(self, connection: Connection) -> None:
+        """Return ``connection`` closed (``ClusterNode.release`` closes a marked one)."""
+        connection.mark_for_reconnect()  # type: ignore[no-untyped-call]
+        super().release(connection)
+
+
+class _RetiringNodesManager(NodesManager):
+    """redis-py's nodes manager, retiring the nodes a topology refresh drops.
+
+    A workaround for redis-py 8.2 (``NodesManager.set_nodes`` with ``remove_old``): it marks
+    a dropped node's in-use connections and closes its idle ones once, but the node still
+    serves whoever holds it, and redis-py holds it itself: a cluster pipeline routes its
+    commands, then starts one task per node (``PipelineStrategy._execute``), and a refresh
+    that ends before such a task starts (8.2 no longer makes commands wait for a refresh)
+    leaves the task on the dropped node. A connection it opens there (to a killed master
+    that was restarted) goes back to the node's idle list, open, where nothing closes it:
+    the socket leaks until the node is collected, with a ResourceWarning "Unclosed
+    ClusterNode". A retired node closes each connection as it is released.
+    """
+
+    __slots__ = ()
+
+    def set_nodes(
+        self,
+        old: dict[str, ClusterNode],
+        new: dict[str, ClusterNode],
+        remove_old: bool = False,
+    ) -> None:
+        dropped = [node for name, node in old.items() if name not in new] if remove_old else []
+        super().set_nodes(old, new, remove_old)
+        held = {
+            id(node) for nodes in (self.nodes_cache, self.startup_nodes) for node in nodes.values()
+        }
+        for node in dropped:
+            if id(node) not in held and type(node) is ClusterNode:
+                node.__class__ = _RetiredClusterNode
+
+
 def _build_cluster(
     settings: Settings, dbs: dict[str, int], driver: DriverInfo, tls: ssl.SSLContext | None
 ) -> Backend:
@@ -494,6 +537,8 @@ def _build_cluster(
         for node in cluster.nodes_manager.startup_nodes.values():
             node.connection_class = _TLSConnection
             node.connection_kwargs["zen_tls"] = tls
+    # Same object, one method overridden: redis-py builds its nodes manager itself.
+    cluster.nodes_manager.__class__ = _RetiringNodesManager
     clients: dict[str, Redis | RedisCluster] = dict.fromkeys(dbs, cluster)
     return Backend(
         topology="cluster",
