@@ -5,8 +5,8 @@ README's table.
                              [--loop auto|uvloop|asyncio] [--no-profile]
                              [--write-readme [--readme PATH]] [--report-only]
 
-Each module (core, agents, events, memory, fleet, cluster, scaling, tasks) runs on an event
-loop of its own — uvloop when it is installed (``pip install -e '.[bench]'``), else
+Each module (core, agents, events, memory, fleet, cluster, scaling, tasks, op_ids) runs on
+an event loop of its own — uvloop when it is installed (``pip install -e '.[bench]'``), else
 asyncio — against a private redis-server on a free loopback port (or ``--url``; fleet,
 cluster and scaling also start a local Redis Cluster of their own), and writes
 ``<out>/<module>.json`` and ``.md``, stamped with the loop that ran, the date, the machine
@@ -59,7 +59,17 @@ from benchmarks._harness import (
     table,
 )
 
-MODULES: Final = ("core", "agents", "events", "memory", "fleet", "cluster", "scaling", "tasks")
+MODULES: Final = (
+    "core",
+    "agents",
+    "events",
+    "memory",
+    "fleet",
+    "cluster",
+    "scaling",
+    "tasks",
+    "op_ids",
+)
 README: Final = Path(__file__).resolve().parent.parent / "README.md"
 START: Final = "<!-- bench:start -->"
 END: Final = "<!-- bench:end -->"
@@ -146,6 +156,13 @@ async def _tasks(url: str, *, quick: bool, profile: bool) -> ModuleRun:
     return ModuleRun(outcome.comparisons, outcome.markdown(), outcome.extra())
 
 
+async def _op_ids(url: str, *, quick: bool, profile: bool) -> ModuleRun:
+    from benchmarks import op_ids  # noqa: PLC0415 - a module is imported only when it runs
+
+    made = await op_ids.run(url, quick=quick)
+    return ModuleRun(made.comparisons, made.markdown(), made.extra())
+
+
 Runner = Callable[..., Awaitable[ModuleRun]]
 RUNNERS: Final[dict[str, Runner]] = {
     "core": _core,
@@ -156,6 +173,7 @@ RUNNERS: Final[dict[str, Runner]] = {
     "cluster": _cluster,
     "scaling": _scaling,
     "tasks": _tasks,
+    "op_ids": _op_ids,
 }
 
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from matplotlib.image import imread
 
-from benchmarks import agents, cluster, core, events, fleet, run, scaling, tasks
+from benchmarks import agents, cluster, core, events, fleet, op_ids, run, scaling, tasks
 from benchmarks._harness import RESULTS, table
 from zen_async.testing.deployments import Target
 
@@ -283,3 +283,34 @@ def test_tasks_benchmark_quick_mode_runs_zen_and_arq_and_checks_every_task(
     assert invariant["target"].startswith("every zen task completed")
     assert invariant["passed"], invariant
     assert any("arq 0." in note for note in data["notes"])
+
+
+def test_op_ids_benchmark_quick_mode_measures_markers_against_no_markers(
+    standalone: Target, tmp_path: Path
+) -> None:
+    data = _quick_run("op_ids", standalone.url, tmp_path)
+    n = op_ids.names(op_ids.QUICK)
+    assert [(r["scenario"]["name"], r["baseline"]["name"]) for r in data["results"]] == [
+        (n["marked"], n["plain"]),
+        (n["zen"], n["plain"]),
+        (n["zen"], n["marked"]),
+        (n["hb"], n["hb_raw"]),
+        (n["turn_marked"], n["turn_plain"]),
+        (n["turn_zen"], n["turn_plain"]),
+        (n["turn_zen"], n["turn_marked"]),
+    ]
+    assert all(r["scenario"]["rounds"] == op_ids.QUICK.rounds for r in data["results"])
+    assert data["ratio_with_marker_over_without"] == data["results"][0]["ratio"]
+    memory = data["marker_memory"]
+    assert memory["markers"] == op_ids.QUICK.markers
+    assert memory["sampled"] == op_ids.QUICK.sample  # the sample found the markers
+    assert memory["usage_mean"] > memory["value_mean"] > 0
+    assert memory["op_id_len"] == 32
+    assert memory["key_len"] == len(memory["prefix"]) + 32
+    assert memory["prefix"].endswith(":op:")
+    assert [c["target"][:40] for c in data["checks"]] == [
+        "transition throughput with an op-id mark"
+    ]
+    report = (tmp_path / "op_ids.md").read_text(encoding="utf-8")
+    assert "### Marker memory" in report
+    assert "per 1M writes" in report
