@@ -43,11 +43,12 @@ _ACCEPTED: dict[str, str] = {
     "redis_max_connections": "an integer >= 1",
     "redis_pipeline_batch_size": "an integer >= 1",
     "redis_port_range_start": "an integer TCP port from 1 to 65535",
-    "redis_port_range_end": "an integer TCP port from 1 to 65535",
+    "redis_port_range_end": "an integer from 2 to 65536 (exclusive: the first port past the range)",
     "redis_db_layout": "'databases' or 'prefixed'",
     "redis_embedded": "'auto', 'true' or 'false'",
     "redis_agent_shards": "an integer from 1 to 1024",
     "redis_compression_threshold": "an integer number of bytes >= 0",
+    "redis_max_value_bytes": "an integer number of bytes >= 1",
     "redis_durability": "'async' (acknowledged by the master) or 'replicated' (also by replicas)",
     "redis_durability_replicas": "an integer number of replicas from 1 to 16",
     "redis_durability_timeout_ms": "an integer number of milliseconds from 1 to 60000",
@@ -196,7 +197,7 @@ class Settings(BaseSettings):
     redis_pipeline_batch_size: int = Field(500, ge=1)
     redis_enable_metrics: bool = True
     redis_port_range_start: int = Field(3284, ge=1, le=65535)
-    redis_port_range_end: int = Field(10000, ge=1, le=65535)
+    redis_port_range_end: int = Field(10000, ge=2, le=65536)
 
     # --- connection -----------------------------------------------------------------------
     redis_url: str | None = None
@@ -228,7 +229,7 @@ class Settings(BaseSettings):
     redis_degraded_mode: bool = True
     redis_outage_journal: Path | None = None
     redis_outage_journal_max_ops: int = Field(100_000, ge=1)
-    redis_op_marker_ttl: float = Field(86_400.0, ge=60, le=30 * 86_400)
+    redis_op_marker_ttl: float = Field(3_600.0, ge=60, le=30 * 86_400)
     """Seconds an applied write's op id is remembered (zen_async/ops.py): a retry or a
     journal replay of the same op id within this window applies nothing again."""
     redis_last_known_size: int = Field(10_000, ge=0)
@@ -254,6 +255,9 @@ class Settings(BaseSettings):
     redis_namespace: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     redis_agent_shards: int = Field(16, ge=1, le=1024)
     redis_compression_threshold: int = Field(1024, ge=0)
+    redis_max_value_bytes: int = Field(1_048_576, ge=1)
+    """The largest agent metadata (and allocated_resources), event data or cache value
+    accepted, as JSON bytes (before compression)."""
     redis_event_export: bool = False
     """Copy every event into the export stream ``zen.export`` (for Kafka Connect & co)."""
     redis_redact_fields: str = Field(",".join(DEFAULT_REDACT_FIELDS), pattern=FIELDS_PATTERN)

@@ -2,10 +2,10 @@
 
 Every write that changes an entity carries one (generated, or given by the caller as
 ``op_id=``). The Lua step that applies the write records the op id next to the entity, in the
-same atomic step, for ``REDIS_OP_MARKER_TTL`` seconds; a call whose op id is recorded applies
-nothing and returns the first call's reply. Retries after a timeout, replays of the outage
-journal and a caller retrying with the op id a ``BackendError`` named are then safe by
-construction (docs/operations.md, "Operation ids").
+same atomic step, for ``REDIS_OP_MARKER_TTL`` seconds (default an hour); a call whose op id
+is recorded applies nothing and returns the first call's reply. Retries after a timeout,
+replays of the outage journal and a caller retrying with the op id a ``BackendError`` named
+are then safe by construction (docs/operations.md, "Operation ids").
 """
 
 from __future__ import annotations
