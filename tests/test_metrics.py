@@ -37,6 +37,7 @@ from zen_async.metrics import (
     Metrics,
     Registry,
 )
+from zen_async.metrics.service import MAX_QUERY_BUCKETS
 from zen_async.testing import Standalone
 from zen_async.testing.deployments import Target, settings_for
 from zen_async.testing.waiting import wait_for
@@ -196,6 +197,65 @@ async def test_query_selects_buckets_by_time_and_series_by_exact_tags(szen: Zen)
     assert await metrics.query(NAME, since=t0 - 7 * 86400, until=t0 - 2 * 86400) == [], (
         "buckets beyond the retention are not read"
     )
+
+
+async def test_a_hostile_query_window_is_clamped_and_bounded_before_any_read(
+    szen: Zen, standalone: Target
+) -> None:
+    """Issue 14: ``since=<now>, until=9999-12-31`` built one key per 10 s bucket up to year
+    9999 (a frozen loop, gigabytes). The window is clamped to the retention and to now before
+    anything is built, so the buckets read (HGETALLs the server counts) stay within the
+    retention and MAX_QUERY_BUCKETS; a retention wider than one call may read is refused with
+    a ValidationError naming the limit."""
+
+    async def hgetall_calls() -> int:
+        text = await anyio.to_thread.run_sync(standalone.server.cli, "INFO", "commandstats")
+        found = re.search(r"cmdstat_hgetall:calls=(\d+)", text)
+        return int(found.group(1)) if found else 0
+
+    clock = FakeClock()
+    metrics = new_metrics(szen, clock)  # 24 h retention of 10 s buckets
+    metrics.record_metric(NAME, 5.0)
+    await metrics.flush()
+    now = clock.now
+
+    before = await hgetall_calls()
+    (point,) = await metrics.query(NAME, since=now, until=now + 30 * 86400)
+    assert point.sum == 5.0
+    assert await hgetall_calls() - before == 1, "a window into the future is clamped to now"
+
+    far = datetime(9999, 12, 31, tzinfo=UTC)
+    before = await hgetall_calls()
+    (point,) = await metrics.query(NAME, since=now, until=far)
+    assert await hgetall_calls() - before == 1
+
+    # The widest window there is, while another coroutine keeps using the server.
+    pings: list[bool] = []
+
+    async def ping_meanwhile() -> None:
+        for _ in range(3):
+            status = await szen.redis.check_health()
+            pings.append(bool(status["redis_available"]))
+
+    found: list[Any] = []
+
+    async def widest() -> None:
+        found.extend(await metrics.query(NAME, since=0, until=far))
+
+    before = await hgetall_calls()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ping_meanwhile)
+        tg.start_soon(widest)
+    read = await hgetall_calls() - before
+    assert [p.sum for p in found] == [5.0]
+    assert pings == [True, True, True]
+    assert read <= 24 * 360 + 2 <= MAX_QUERY_BUCKETS, f"{read} buckets read for one call"
+
+    wide = new_metrics(szen, clock, retention_seconds=30 * 86400)
+    with pytest.raises(ValidationError, match=f"at most {MAX_QUERY_BUCKETS} buckets"):
+        await wide.query(NAME, since=now - 30 * 86400)
+    (point,) = await wide.query(NAME, since=now, until=far)
+    assert point.sum == 5.0
 
 
 async def test_buffer_is_bounded_and_drops_the_oldest_with_a_warning(szen: Zen) -> None:
@@ -630,9 +690,9 @@ async def test_the_seed_metrics_are_recorded_by_real_operations(tmp_path: Path) 
             assert await waiting == "ready"
             await zen.memory.store_memory(agent.agent_id, "the build is green")
             await zen.memory.search_memories(agent.agent_id, "build")
-            await zen.ports.allocate(agent.agent_id, port_range=(47000, 47001))
+            await zen.ports.allocate(agent.agent_id, port_range=(9700, 9701))
             with pytest.raises(CapacityError):
-                await zen.ports.allocate("m2", port_range=(47000, 47001))
+                await zen.ports.allocate("m2", port_range=(9700, 9701))
 
             group.server.pause()  # the breaker opens on timeouts
             try:

@@ -15,7 +15,7 @@ import orjson
 
 from zen_async import __version__
 from zen_async.config import Settings
-from zen_async.errors import ConfigError, ZenError
+from zen_async.errors import ConfigError, ConfigProblem, ZenError
 from zen_async.logs import configure_logging
 from zen_async.services import Zen, open_zen
 
@@ -33,12 +33,35 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--json", action="store_true", help="print the status as JSON")
     serve = sub.add_parser("serve", help="run the MCP server")
     serve.add_argument("--transport", choices=("stdio", "http"), default="stdio")
-    serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default loopback)")
-    serve.add_argument("--port", type=int, default=8765, help="HTTP port (default 8765)")
     serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="HTTP bind address (default loopback; any other needs a token of 16+ bytes)",
+    )
+    serve.add_argument("--port", type=int, default=8765, help="HTTP port (default 8765)")
+    token = serve.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token-file",
+        type=Path,
+        help="require 'Authorization: Bearer <token>' over HTTP, the token read from this "
+        "file (default: $ZEN_MCP_TOKEN)",
+    )
+    token.add_argument(
         "--token",
-        default=os.environ.get("ZEN_MCP_TOKEN"),
-        help="require 'Authorization: Bearer <token>' over HTTP (default: $ZEN_MCP_TOKEN)",
+        help="the bearer token itself: visible to every local user in ps and kept in shell "
+        "history; use ZEN_MCP_TOKEN or --token-file outside tests",
+    )
+    serve.add_argument(
+        "--allowed-hosts",
+        default=os.environ.get("ZEN_MCP_ALLOWED_HOSTS", ""),
+        help="comma-separated host[:port] names clients may use in Host/Origin besides "
+        "loopback, e.g. mcp.example.com (default: $ZEN_MCP_ALLOWED_HOSTS)",
+    )
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve beyond loopback without a token of 16+ bytes: anyone who reaches the "
+        "port can call every tool",
     )
     replay = sub.add_parser("replay", help="print an agent's audit trail, oldest first")
     replay.add_argument("agent_id")
@@ -176,13 +199,16 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0
 
 
-def _connect_help(host: str, port: int, token: str | None) -> str:
+def _connect_help(host: str, port: int, token_source: str | None) -> str:
+    """The banner of ``serve --transport http``: where to connect and where the token came
+    from (``token_source``; None: no authentication). Never the token itself."""
     url = f"http://{host}:{port}/mcp"
-    auth = f', "headers": {{"Authorization": "Bearer {token}"}}' if token else ""
+    auth = ', "headers": {"Authorization": "Bearer <token>"}' if token_source else ""
     return (
         "\n".join(
             [
                 f"zen-async MCP server: {url} (streamable HTTP)",
+                f"token: {token_source or 'none (no authentication)'}",
                 "",
                 "Connect a client:",
                 "  MCP Inspector:  npx @modelcontextprotocol/inspector",
@@ -258,18 +284,57 @@ def _opened(zen: Zen) -> None:
     sys.stderr.flush()
 
 
+def _serve_token(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The bearer token of ``serve`` and where it came from (``--token-file``, ``--token``,
+    then ``ZEN_MCP_TOKEN``); the source is None when there is no token or an empty one.
+
+    Raises:
+        ConfigError: the token file cannot be read.
+    """
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                [ConfigProblem("--token-file", str(args.token_file), f"a readable file: {exc}")]
+            ) from exc
+        source = f"from --token-file {args.token_file}"
+    elif args.token is not None:
+        token, source = args.token, "from --token (visible in ps)"
+    else:
+        token, source = os.environ.get("ZEN_MCP_TOKEN"), "from ZEN_MCP_TOKEN"
+    return token, (source if token else None)
+
+
 async def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from zen_async.mcp_server import serve_http, serve_stdio  # noqa: PLC0415 - optional surface
+    from zen_async.mcp_server.app import check_exposure, transport_security  # noqa: PLC0415
 
+    token: str | None = None
+    source: str | None = None
+    allowed = [h for h in args.allowed_hosts.split(",") if h.strip()]
+    if args.transport == "http":  # refused before anything is opened or bound
+        token, source = _serve_token(args)
+        transport_security(allowed, bind=args.host)
+        for warning in check_exposure(args.host, token, allow_insecure=args.insecure_no_auth):
+            sys.stderr.write(f"zen-async: WARNING: {warning}\n")
     # stderr: over stdio, stdout is the MCP channel.
     sys.stderr.write(server_line(settings))
     sys.stderr.flush()
     if args.transport == "stdio":
         await serve_stdio(settings, on_open=_opened)
         return 0
-    sys.stdout.write(_connect_help(args.host, args.port, args.token))
+    sys.stdout.write(_connect_help(args.host, args.port, source))
     sys.stdout.flush()
-    await serve_http(settings, host=args.host, port=args.port, token=args.token, on_open=_opened)
+    await serve_http(
+        settings,
+        host=args.host,
+        port=args.port,
+        token=token,
+        allowed_hosts=allowed,
+        allow_insecure=args.insecure_no_auth,
+        on_open=_opened,
+    )
     return 0
 
 

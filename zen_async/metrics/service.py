@@ -46,6 +46,9 @@ FLUSH_CONCURRENCY: Final = 8
 """Script calls one flush runs at once (the pools are shared with every other domain)."""
 TAG_CACHE_SIZE: Final = 4096
 """Validated tag sets remembered (validation is most of the cost of a record)."""
+MAX_QUERY_BUCKETS: Final = 10_000
+"""Time buckets one :meth:`Metrics.query` reads at most (one HGETALL each, one point each in
+the reply): bounds what a single call makes the server and this process do."""
 
 
 @dataclass(eq=False)
@@ -498,7 +501,9 @@ class Metrics:
         until: datetime | float | None = None,
     ) -> list[MetricPoint]:
         """The buckets of a series that hold data, oldest first, from the bucket containing
-        ``since`` to the one containing ``until`` (default: now), within the retention.
+        ``since`` to the one containing ``until`` (default: now). The window is clamped to
+        what can hold data, the retention up to now, before anything is read; the clamped
+        window may span at most :data:`MAX_QUERY_BUCKETS` buckets.
 
         Reads the server only: values still buffered in a process are not included until it
         flushes.
@@ -511,20 +516,32 @@ class Metrics:
             until: the same, or None for now.
 
         Raises:
-            ValidationError: invalid name or tags, a naive datetime, or until before since.
+            ValidationError: invalid name or tags, a naive datetime, until before since, or
+                a clamped window of more than :data:`MAX_QUERY_BUCKETS` buckets.
         """
         check_name(name)
         exact = None if tags is None else check_tags(tags)
         shared = self._shared
         start = _epoch(since, "since")
-        end = shared.clock() if until is None else _epoch(until, "until")
+        now = shared.clock()
+        end = now if until is None else _epoch(until, "until")
         if end < start:
             raise ValidationError(f"until ({end}) is before since ({start}); swap them")
+        # Clamp before building anything: a window reaching into year 9999 would otherwise
+        # build one key per bucket up to it (a frozen loop, gigabytes of keys).
         width = shared.bucket_seconds
-        start = max(start, shared.clock() - shared.horizon)
-        buckets = range(int(start // width) * width, int(end // width) * width + 1, width)
-        if not buckets:
+        first = int(max(start, now - shared.horizon) // width) * width
+        last = int(min(end, now) // width) * width
+        if last < first:  # wholly beyond the retention, or in the future
             return []
+        count = (last - first) // width + 1
+        if count > MAX_QUERY_BUCKETS:
+            raise ValidationError(
+                f"since..until spans {count} buckets of {width} s within the retention; one "
+                f"query reads at most {MAX_QUERY_BUCKETS} buckets "
+                f"({MAX_QUERY_BUCKETS * width / 3600:g} h): narrow the window"
+            )
+        buckets = range(first, last + 1, width)
         return await self._store(self._tenant).read(name, exact, buckets)
 
     async def series(self, name: str) -> list[dict[str, str]]:
