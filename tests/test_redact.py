@@ -324,7 +324,7 @@ async def test_event_data_is_stored_redacted(zen: Zen) -> None:
 
 
 async def test_port_events_keep_their_fencing_token(zen: Zen) -> None:
-    lease = await zen.ports.allocate("agent-1", port_range=(40100, 40110))
+    lease = await zen.ports.allocate("agent-1", port_range=(9100, 9110))
     await zen.ports.release(lease)
     trail = await zen.events.audit_trail("agent-1")
     assert [(e.type, e.data["fencing_token"]) for e in trail] == [

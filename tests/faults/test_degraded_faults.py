@@ -367,7 +367,7 @@ async def test_the_event_of_a_change_already_made_is_journaled_not_lost(tmp_path
             assert {e.type for e in trail} <= {"created", "plain", "port_allocated"}
 
             # Ports record their lease events this way (an idempotency key per lease).
-            lease = await zen.ports.allocate("a1", port_range=(41000, 41010))
+            lease = await zen.ports.allocate("a1", port_range=(9300, 9310))
             (event,) = [
                 e for e in await zen.events.audit_trail("a1") if e.data.get("port") == lease.port
             ]

@@ -122,7 +122,7 @@ async def szen(standalone: Target) -> AsyncIterator[Zen]:
 async def test_a_killed_owners_ports_come_back_after_the_lease_ttl(szen: Zen) -> None:
     url = szen.settings.redis_url
     assert url is not None
-    port_range, count = (30000, 30020), 20
+    port_range, count = (4000, 4020), 20  # within REDIS_PORT_RANGE
     owner = await start_owner(url, "hold", count, port_range, ttl=1.0)
     try:
         held = await read_reply(owner)
@@ -145,7 +145,7 @@ async def test_a_stopped_owner_can_neither_renew_nor_release_after_it_resumes(
 ) -> None:
     url = szen.settings.redis_url
     assert url is not None
-    port_range, count = (31000, 31005), 5
+    port_range, count = (4100, 4105), 5
     owner = await start_owner(url, "heartbeat", count, port_range, ttl=0.5)
     try:
         held = await read_reply(owner)

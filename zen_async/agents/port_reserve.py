@@ -10,18 +10,29 @@ token; replaying it hands the lease to the agent in one script (``port_transfer`
 token checked). Beyond the block, or for another host, allocation raises DegradedError. An
 outage longer than the reserve TTL can let another instance reclaim a reserved port: the
 replay then refuses the hand-over and records it (``journal_write_refused``).
+
+Bounded and visible: the reserves take at most a quarter of the configured range
+(REDIS_PORT_RANGE_START..END), all processes on a host together, and a range of fewer
+than :data:`RESERVE_MIN_RANGE` ports has none (:func:`reserve_limit`): a block is
+``min(REDIS_PORT_RESERVE, reserve_limit(range))`` ports, and a refill stops (without a health
+event) once the blocks of all processes hold the limit. The allocation script checks that
+limit against the host's ``resv`` set, atomically, so processes starting together cannot
+overshoot it. :attr:`PortStats.reserved <zen_async.agents.ports.PortStats>` counts the
+reserved ports of a range, and a ``CapacityError`` names them apart: "20 of 20 ports in use
+(5 held in outage reserves by 1 process, see REDIS_PORT_RESERVE; 0 quarantined ...)".
 """
 
 from __future__ import annotations
 
 import math
 import uuid
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import structlog
 
 from zen_async.agents.ports import (
+    RESERVE_OWNER_PREFIX,
     PortAllocator,
     PortEventHook,
     PortLease,
@@ -32,11 +43,20 @@ from zen_async.degraded import OFFLINE, JournalEntry
 from zen_async.errors import ConflictError, DegradedError, ZenError
 from zen_async.store.manager import RedisManager
 
-__all__ = ["ReservingPortAllocator"]
+__all__ = ["RESERVE_MIN_RANGE", "ReservingPortAllocator", "reserve_limit"]
 
 log = structlog.get_logger(__name__)
 
+RESERVE_MIN_RANGE: Final = 16
+"""Ranges with fewer ports have no outage reserve: every port is for the agents."""
+
 _UPKEEP_INTERVAL = 5.0  # seconds between refills of the block (renewals: a third of its TTL)
+
+
+def reserve_limit(range_size: int) -> int:
+    """The most ports of a range of ``range_size`` ports that the outage reserves of all
+    processes together may hold: a quarter of it, none below :data:`RESERVE_MIN_RANGE`."""
+    return 0 if range_size < RESERVE_MIN_RANGE else range_size // 4
 
 
 class ReservingPortAllocator(PortAllocator):
@@ -44,9 +64,15 @@ class ReservingPortAllocator(PortAllocator):
 
     Args:
         redis: the core.
-        reserve: ports in the block (0: none; every offline allocation is refused).
+        reserve: ports asked for the block (0: none; every offline allocation is refused);
+            the block gets at most :func:`reserve_limit` of the configured range.
         reserve_ttl: seconds a reserved lease lives without renewal.
         tenant, host, lease_ttl, check_bindable, on_event: as :class:`PortAllocator`.
+
+    Attributes:
+        reserve_size: ports in the block once full: ``reserve``, bounded.
+        reserve_limit: the most ports of the configured range the blocks of all processes
+            may hold together.
     """
 
     def __init__(
@@ -70,8 +96,19 @@ class ReservingPortAllocator(PortAllocator):
             on_event=on_event,
         )
         self._degraded = redis.degraded
-        self.reserve_size = reserve
-        self.reserve_owner = f"zen-reserve.{uuid.uuid4().hex[:16]}"
+        first, last = self.default_range
+        self.reserve_limit = reserve_limit(last - first)
+        self.reserve_size = min(reserve, self.reserve_limit)
+        if self.reserve_size < reserve:
+            log.info(
+                "port_reserve_bounded",
+                requested=reserve,
+                size=self.reserve_size,
+                limit=self.reserve_limit,
+                start=first,
+                end=last,
+            )
+        self.reserve_owner = f"{RESERVE_OWNER_PREFIX}{uuid.uuid4().hex[:16]}"
         self._reserver = PortAllocator(redis, tenant=tenant, host=self.host, lease_ttl=reserve_ttl)
         self._renew_every = reserve_ttl / 3
         self._reserve: list[PortLease] = []
@@ -109,7 +146,7 @@ class ReservingPortAllocator(PortAllocator):
     ) -> PortLease:
         _check_agent(agent_id)
         host = self.host if host is None else _check_host(host)
-        first, last = self.default_range if port_range is None else port_range
+        first, last = self.window(port_range)
         if host != self.host:
             raise DegradedError(
                 f"Redis is unreachable: ports of host {host} cannot be leased now; this "
@@ -147,10 +184,18 @@ class ReservingPortAllocator(PortAllocator):
         """
         a = entry.args
         token = a["fencing_token"]
+        await self._ready(a["host"])
         await self._ks.run_script(
             "port_transfer",
             self._lease_keys(a["host"]),
-            [a["reserve"], a["port"], token, a["agent_id"], self._ttl_ms, a["host"]],
+            [
+                self._holder(a["reserve"]),
+                a["port"],
+                token,
+                self._holder(a["agent_id"]),
+                self._ttl_ms,
+                a["host"],
+            ],
         )
         await self._note_hosts(a["agent_id"], [a["host"]])
         await self._emit(
@@ -192,7 +237,10 @@ class ReservingPortAllocator(PortAllocator):
 
     async def _refill(self) -> None:
         while len(self._reserve) < self.reserve_size:
-            self._reserve.append(await self._reserver.allocate(self.reserve_owner))
+            lease = await self._reserver.lease_for_reserve(self.reserve_owner, self.reserve_limit)
+            if lease is None:  # the reserves hold their limit, or the range is full
+                return
+            self._reserve.append(lease)
 
     async def _renew(self) -> None:
         kept: list[PortLease] = []

@@ -1,35 +1,72 @@
-"""Distributed port leases: unique per host across processes and instances, fenced, expiring.
+"""Distributed port leases: unique per host across tenants, processes and instances, fenced,
+expiring.
 
-A port is a per-machine resource, so leases are tracked per host (default: this machine's
-name). Each lease has an owner (the agent id), a fencing token (strictly increasing per host:
-a later lease of any port on that host always carries a larger token) and an expiry on the
-Redis server clock. A lease lives until it is released or its TTL passes without a renewal;
-an expired lease is never revived: it is reclaimed by the next allocation on its host, or by
-:meth:`PortAllocator.reclaim_expired` (which the agents reaper calls). An owner that was frozen
-past its TTL therefore cannot renew, and once its port is reissued it cannot release either:
-both are refused with :class:`~zen_async.errors.ConflictError` naming the port and the new
-token. Every check of owner and token happens inside the script that acts on it.
+A port is a resource of a machine, not of a tenant: each host has one allocator shared by
+every tenant (and every namespace) of the deployment, so no two tenants are ever handed the
+same port of a host. A lease belongs to one tenant's agent: its record holds
+``<tenant>/<agent>``, and a tenant can neither see (:meth:`PortAllocator.leases`), renew,
+transfer nor release another tenant's lease; such a call fails as for any lease that is not
+the caller's (``ConflictError``, or ``False`` from the unfenced seed calls), and its message
+names no agent id or token of the other tenant. Occupancy (:meth:`PortAllocator.stats`,
+a ``CapacityError``) counts the ports of every tenant: they are taken, whoever holds them.
+An ACL user therefore needs ``~zen:hosts:*`` besides its tenant's keys; the scripts, not the
+ACL, keep the tenants' leases apart.
 
-Key layout (keyspace ``state``; every key of one host shares the hash tag ``{<host>}``, so each
-operation is one Lua script on one Cluster slot)::
+Each lease has a fencing token (strictly increasing per host: a later lease of any port on
+that host always carries a larger token) and an expiry on the Redis server clock. A lease
+lives until it is released or its TTL passes without a renewal; an expired lease is never
+revived: it is reclaimed by the next allocation on its host (of any tenant), or by
+:meth:`PortAllocator.reclaim_expired`. An owner that was frozen past its TTL therefore cannot
+renew, and once its port is reissued it cannot release either: both are refused with
+:class:`~zen_async.errors.ConflictError` naming the port. Every check of holder and token
+happens inside the script that acts on it.
 
-    ports:{<host>}:free     ZSET  free intervals "<start>:<end>" (end exclusive) by start
-    ports:{<host>}:used     ZSET  port -> port, every port leased or quarantined
-    ports:{<host>}:exp      ZSET  port -> expiry (server ms)
-    ports:{<host>}:owner    HASH  port -> "<token>:<agent>" ("<token>:" while quarantined)
-    ports:{<host>}:byagent  ZSET  "<agent>|<port:05d>" (score 0): the per-agent index
-    ports:{<host>}:quar     ZSET  port -> port, quarantined ports (not bindable)
-    ports:{<host>}:seq      STRING the host's fencing-token counter
-    ports:{<host>}:op:<id>  STRING one allocation's reply, kept a minute so a resend after a
-                                   lost reply returns the same lease
+Key layout. The host's keys are tenant-independent, in the DB of the ``state`` keyspace
+(``databases`` layout) or DB 0 (``prefixed``), all with the hash tag ``{<host>}``, so each
+operation is one Lua script on one Cluster slot::
+
+    zen:hosts:{<host>}:free     ZSET  free intervals "<start>:<end>" (end exclusive) by start
+    zen:hosts:{<host>}:used     ZSET  port -> port, every port leased or quarantined
+    zen:hosts:{<host>}:exp      ZSET  port -> expiry (server ms)
+    zen:hosts:{<host>}:owner    HASH  port -> "<token>:<tenant>/<agent>" ("<token>:" while
+                                      quarantined)
+    zen:hosts:{<host>}:byagent  ZSET  "<tenant>/<agent>|<port:05d>" (score 0): the per-holder
+                                      index
+    zen:hosts:{<host>}:quar     ZSET  port -> port, quarantined ports (not bindable)
+    zen:hosts:{<host>}:resv     ZSET  port -> port, ports leased to outage reserves
+                                      (see :mod:`zen_async.agents.port_reserve`)
+    zen:hosts:{<host>}:seq      STRING the host's fencing-token counter
+    zen:hosts:{<host>}:op:<id>  STRING one allocation's reply, kept a minute so a resend after
+                                      a lost reply returns the same lease
+
+Per tenant (keyspace ``state``)::
+
     ports:agent:{z<shard>}:<agent>:hosts  ZSET host -> deadline: hosts where the agent may
                                    hold leases; in its agent shard's hash tag, so the
                                    heartbeats of a shard's agents find theirs in one call
 
+Migration. Earlier versions kept a host's keys per tenant (``zen:t:<tenant>:[state:]
+ports:{<host>}:...``, holders without a tenant), so two tenants could lease the same port.
+Their leases are moved, not left to run out: an allocator moves its tenant's leases on a
+host into the shared keys (``port_migrate.lua``: same port, token, expiry and agent; the
+host's token counter raised past the old one; then the old keys deleted) the first time it
+touches that host, before anything else it does there, and
+:meth:`PortAllocator.migrate_tenant_leases` does it on demand. This is one atomic script per
+tenant and host (the old and new keys share the hash tag ``{<host>}``), costs one call per
+allocator and host once everything is moved, and needs no step from the operator. Leaving
+the old leases to expire would not do: a heartbeat renews only the shared keys, so a live
+agent's old lease would lapse and its port be handed out again while the agent still uses
+it. Until a tenant touches a host (its next allocation, renewal or heartbeat there), the
+other tenants do not see its old leases on it, as before; a port leased under both (the old
+double booking) stays with the lease already in the shared keys, and the old one is
+reported (``port_migration_refused``) and dropped. Stop every process of the earlier
+version first: it would go on writing the old keys.
+
 Port ranges: the free intervals of a host cover its whole port space (1-65535) and are
 created lazily as the complement of the used ports; a ``port_range`` is only a window onto
-them. Any number of ranges, overlapping or not, can be used on one host: a port is free or
-used once per host, never once per range, so two ranges can never hand out the same port.
+them, and an allocation's explicit range must lie within REDIS_PORT_RANGE_START..END. Any
+number of ranges, overlapping or not, can be used on one host: a port is free or used once
+per host, never once per range, so two ranges can never hand out the same port.
 
 Complexity: an allocation reclaims the expired leases it finds (each at most once, so
 amortised O(1) per lease), then takes the lowest free port of the range with two
@@ -63,16 +100,23 @@ __all__ = ["PortAllocator", "PortEventHook", "PortLease", "PortStats"]
 log = structlog.get_logger(__name__)
 
 PortEventHook = Callable[[str, str, dict[str, Any]], Awaitable[None]]
-"""``await hook(event_type, agent_id, data)`` after a lease is allocated, released or
-reclaimed (event types ``port_allocated``, ``port_released``, ``port_reclaimed``)."""
+"""``await hook(event_type, agent_id, data)`` after a lease of the allocator's tenant is
+allocated, released or reclaimed (event types ``port_allocated``, ``port_released``,
+``port_reclaimed``). A lease of another tenant that an allocation reclaims on the way is
+logged only: its agent id stays out of this tenant's events."""
 
 MAX_PORT: Final = 65535
 QUARANTINE_SECONDS: Final = 10.0
 """How long a port found not bindable is kept out of circulation."""
+RESERVE_OWNER_PREFIX: Final = "zen-reserve."
+"""Agent ids of the outage reserves' owners start with it (one owner per process)."""
 
 _AGENT_ID: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _HOST: Final = re.compile(r"[A-Za-z0-9_.:-]{1,253}")
-_HOST_KEYS: Final = ("free", "used", "exp", "owner", "byagent", "quar", "seq")
+_TENANT: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_HOSTS_PREFIX: Final = "zen:hosts:"
+_LEASE_KEYS: Final = ("free", "used", "exp", "owner", "byagent", "quar", "resv")
+_OLD_KEYS: Final = ("free", "used", "exp", "owner", "byagent", "quar", "seq")  # per tenant
 _RECLAIM_ON_ALLOCATE: Final = 128  # expired leases an allocation reclaims before it looks
 _RECLAIM_BATCH: Final = 1000  # per script call of reclaim_expired (bounds script run time)
 _OP_TTL_MS: Final = 60_000  # longer than any retry sequence of one call
@@ -87,7 +131,7 @@ class PortLease:
     Attributes:
         port: the port.
         host: the machine the port belongs to.
-        agent_id: the owner.
+        agent_id: the owner (an agent of the allocator's tenant).
         token: the fencing token: strictly increasing per host over all leases.
         expires_at: when the lease ends unless renewed (server clock, UTC).
     """
@@ -101,18 +145,20 @@ class PortLease:
 
 @dataclass(frozen=True, slots=True)
 class PortStats:
-    """Occupancy of one port range on one host.
+    """Occupancy of one port range on one host, over every tenant.
 
     Attributes:
         host: the machine.
         port_range: ``(start, end)``, end exclusive.
         total: ports in the range.
-        in_use: ports of the range leased or quarantined (including leases past their
-            expiry that no one has reclaimed yet).
+        in_use: ports of the range leased (by any tenant, outage reserves included) or
+            quarantined, including leases past their expiry that no one has reclaimed yet.
         quarantined: ports of the range held back as not bindable.
         free: ports of the range that an allocation can hand out now.
         host_in_use: ports of the host in use, over every range.
         host_expired: leases of the host past their expiry, awaiting reclaim.
+        reserved: ports of the range (among ``in_use``) held in the outage reserves of
+            running processes (REDIS_PORT_RESERVE).
     """
 
     host: str
@@ -123,23 +169,26 @@ class PortStats:
     free: int
     host_in_use: int
     host_expired: int
+    reserved: int = 0
 
 
 class PortAllocator:
-    """Leases ports to agents, unique per host across every process sharing the deployment.
+    """Leases ports to one tenant's agents; a port is unique per host across every tenant,
+    process and instance sharing the deployment.
 
     Args:
         redis: the core.
-        tenant: the tenant (default: the configured namespace).
+        tenant: the tenant whose agents hold the leases (default: the configured namespace).
         host: the machine whose ports are leased by default (default: this machine's name).
         lease_ttl: seconds a lease lives without a renewal.
         check_bindable: test-bind each port before handing it out (on ``host`` only) and
             quarantine ports that are taken by something outside zen_async.
-        on_event: awaited after each allocation, release and reclaim; an exception it raises
-            is logged, never raised: the lease change has already happened.
+        on_event: awaited after each allocation, release and reclaim of a lease of this
+            tenant; an exception it raises is logged, never raised: the lease change has
+            already happened.
 
     Raises:
-        ValidationError: a bad host name or lease TTL.
+        ValidationError: a bad tenant, host name or lease TTL.
     """
 
     def __init__(
@@ -163,9 +212,15 @@ class PortAllocator:
         )
         self._ttl_ms = max(1, math.ceil(lease_ttl * 1000))
         self._ks: Keyspace = redis.keyspace("state", tenant=tenant)
+        self.tenant = self._ks.tenant
+        if _TENANT.fullmatch(self.tenant) is None:  # "/" would break the holder names
+            raise ValidationError(
+                f"tenant={self.tenant!r}: expected 1-64 characters of A-Z a-z 0-9 _ . -"
+            )
         self._shards = redis.settings.redis_agent_shards
         self._health = redis.health
         self._on_event = on_event
+        self._migrated: set[str] = set()  # hosts whose old per-tenant leases were moved
 
     # --- allocation ---------------------------------------------------------------------
     async def allocate(
@@ -180,17 +235,20 @@ class PortAllocator:
         Args:
             agent_id: the owner (1-128 characters of ``A-Z a-z 0-9 _ . : -``).
             host: the machine (default: the allocator's).
-            port_range: ``(start, end)``, end exclusive (default: REDIS_PORT_RANGE_START and
-                REDIS_PORT_RANGE_END).
+            port_range: ``(start, end)``, end exclusive, within REDIS_PORT_RANGE_START..END
+                (default: that whole range).
 
         Raises:
-            ValidationError: a bad agent id, host or range; nothing was written.
-            CapacityError: every port of the range is in use (the message gives the range and
-                the count); counted as a ``port_allocation_failure`` health event.
+            ValidationError: a bad agent id, host or range (a range reaching outside
+                REDIS_PORT_RANGE_START..END included); nothing was written.
+            CapacityError: every port of the range is in use, by any tenant (the message
+                gives the range and the counts, the ports held in outage reserves apart);
+                counted as a ``port_allocation_failure`` health event.
         """
         _check_agent(agent_id)
         host = self.host if host is None else _check_host(host)
-        first, last = self.default_range if port_range is None else _check_range(port_range)
+        first, last = self.window(port_range)
+        await self._ready(host)
         await self._note_hosts(agent_id, [host])
         try:
             return await self._allocate_noted(agent_id, host, first, last)
@@ -198,10 +256,36 @@ class PortAllocator:
             await self._forget_host_if_unused(agent_id, host)
             raise
 
+    def window(self, port_range: tuple[int, int] | None) -> tuple[int, int]:
+        """The range an allocation may use: ``port_range``, checked, or the configured one.
+
+        Raises:
+            ValidationError: ``port_range`` is malformed or reaches outside
+                REDIS_PORT_RANGE_START..END (the message names both).
+        """
+        if port_range is None:
+            return self.default_range
+        first, last = _check_range(port_range)
+        low, high = self.default_range
+        if not low <= first < last <= high:
+            raise ValidationError(
+                f"port_range=({first}, {last}): expected a range within the configured "
+                f"REDIS_PORT_RANGE_START..END = ({low}, {high}), end exclusive"
+            )
+        return first, last
+
     async def _allocate_noted(self, agent_id: str, host: str, first: int, last: int) -> PortLease:
         checking = self.check_bindable and host == self.host
         for _ in range(_BIND_ATTEMPTS if checking else 1):
-            lease = await self._allocate_once(agent_id, host, first, last)
+            try:
+                lease = await self._allocate_once(agent_id, host, first, last)
+            except CapacityError as exc:
+                self._health.record_event(PORT_ALLOCATION_FAILURE)
+                log.warning(
+                    "port_range_exhausted", host=host, start=first, end=last, error=str(exc)
+                )
+                raise
+            assert lease is not None  # None only for a reserve's allocation
             if not checking or await anyio.to_thread.run_sync(_bindable, lease.port):
                 log.debug("port_allocated", port=lease.port, host=host, agent_id=agent_id)
                 await self._emit(
@@ -213,7 +297,12 @@ class PortAllocator:
             await self._ks.run_script(
                 "port_quarantine",
                 self._lease_keys(host),
-                [agent_id, lease.port, lease.token, math.ceil(QUARANTINE_SECONDS * 1000)],
+                [
+                    self._holder(agent_id),
+                    lease.port,
+                    lease.token,
+                    math.ceil(QUARANTINE_SECONDS * 1000),
+                ],
             )
             log.warning("port_quarantined", port=lease.port, host=host, reason="not bindable")
         self._health.record_event(PORT_ALLOCATION_FAILURE)
@@ -223,26 +312,48 @@ class PortAllocator:
             f"for {QUARANTINE_SECONDS:g} s"
         )
 
-    async def _allocate_once(self, agent_id: str, host: str, first: int, last: int) -> PortLease:
-        keys = [*self._host_keys(host), self._host_key(host, "op", uuid.uuid4().hex)]
+    async def _allocate_once(
+        self,
+        agent_id: str,
+        host: str,
+        first: int,
+        last: int,
+        *,
+        reserve_cap: int | None = None,
+    ) -> PortLease | None:
+        """One allocation script; None when ``reserve_cap`` (a reserve's allocation) is
+        reached."""
+        keys = [
+            *self._lease_keys(host),
+            self._host_key(host, "seq"),
+            self._host_key(host, "op", uuid.uuid4().hex),
+        ]
         args: list[Arg] = [
-            agent_id,
+            self._holder(agent_id),
             first,
             last,
             self._ttl_ms,
             _RECLAIM_ON_ALLOCATE,
             host,
             max(_OP_TTL_MS, self._ttl_ms),
+            "" if reserve_cap is None else reserve_cap,
         ]
-        try:
-            reply = await self._ks.run_script("port_allocate", keys, args)
-        except CapacityError as exc:
-            self._health.record_event(PORT_ALLOCATION_FAILURE)
-            log.warning("port_range_exhausted", host=host, start=first, end=last, error=str(exc))
-            raise
+        reply = await self._ks.run_script("port_allocate", keys, args)
         port, token, expiry = int(reply[0]), int(reply[1]), int(reply[2])
         await self._reclaimed(host, reply[3:])
-        return PortLease(port, host, agent_id, token, _at(expiry))
+        return None if port == 0 else PortLease(port, host, agent_id, token, _at(expiry))
+
+    async def lease_for_reserve(self, owner: str, cap: int) -> PortLease | None:
+        """Lease a port of the configured range on the allocator's host to an outage
+        reserve's ``owner``, unless the reserves of all processes already hold ``cap`` ports
+        of the range (or none is free): then None, without a health event (see
+        :mod:`zen_async.agents.port_reserve`)."""
+        first, last = self.default_range
+        await self._ready(self.host)
+        try:
+            return await self._allocate_once(owner, self.host, first, last, reserve_cap=cap)
+        except CapacityError:
+            return None
 
     async def allocate_port(self, agent_id: str, port_range: tuple[int, int] | None = None) -> int:
         """The seed's call: lease a port of ``port_range`` (None: the configured range,
@@ -263,14 +374,17 @@ class PortAllocator:
         Raises:
             ValidationError: a malformed lease.
             ConflictError: the lease ended: it expired (the port may have been reissued, which
-                the message says, with the new token) or was released.
+                the message says, with the new token if the new holder is of this tenant) or
+                was released; or it is not a lease of this tenant.
         """
         _check_agent(lease.agent_id)
         host = _check_host(lease.host)
+        port = _check_port(lease.port)
+        await self._ready(host)
         expiry = await self._ks.run_script(
             "port_renew",
             self._lease_keys(host),
-            [lease.agent_id, _check_port(lease.port), lease.token, self._ttl_ms, host],
+            [self._holder(lease.agent_id), port, lease.token, self._ttl_ms, host],
         )
         await self._note_hosts(lease.agent_id, [host])
         return replace(lease, expires_at=_at(int(expiry)))
@@ -325,9 +439,10 @@ class PortAllocator:
         calls: list[tuple[list[str], list[Arg]]] = []
         chunks: list[tuple[str, list[str]]] = []
         for host, holders in by_host.items():
+            await self._ready(host)
             for start in range(0, len(holders), size):
                 chunk = holders[start : start + size]
-                calls.append((self._lease_keys(host), [self._ttl_ms, *chunk]))
+                calls.append((self._lease_keys(host), [self._ttl_ms, *map(self._holder, chunk)]))
                 chunks.append((host, chunk))
         replies = await self._ks.run_script_many("port_renew_agent", calls, idempotent=True)
         counts: dict[str, int] = {}
@@ -357,7 +472,8 @@ class PortAllocator:
 
         Raises:
             ValidationError: a malformed lease.
-            ConflictError: the port was reissued under another token; nothing changed.
+            ConflictError: the port was reissued under another token, or is not leased to
+                this tenant's ``lease.agent_id``; nothing changed.
         """
         _check_agent(lease.agent_id)
         host = _check_host(lease.host)
@@ -369,7 +485,8 @@ class PortAllocator:
         Unfenced (no token): prefer :meth:`release` with the lease.
 
         Returns:
-            True if a lease was released; False if the port is not leased to ``agent_id``.
+            True if a lease was released; False if the port is not leased to ``agent_id``
+            (of this tenant).
 
         Raises:
             ValidationError: a bad agent id or port.
@@ -378,9 +495,10 @@ class PortAllocator:
         return await self._release(agent_id, self.host, _check_port(port), "")
 
     async def _release(self, agent_id: str, host: str, port: int, token: int | str) -> bool:
+        await self._ready(host)
         released = int(
             await self._ks.run_script(
-                "port_release", self._lease_keys(host), [agent_id, port, token, host]
+                "port_release", self._lease_keys(host), [self._holder(agent_id), port, token, host]
             )
         )
         if not released:
@@ -403,8 +521,9 @@ class PortAllocator:
         _check_agent(agent_id)
         total = 0
         for host in await self._hosts_of(agent_id):
+            await self._ready(host)
             reply = await self._ks.run_script(
-                "port_release_agent", self._lease_keys(host), [agent_id]
+                "port_release_agent", self._lease_keys(host), [self._holder(agent_id)]
             )
             for i in range(0, len(reply), 2):
                 total += 1
@@ -417,8 +536,8 @@ class PortAllocator:
 
     # --- expiry -------------------------------------------------------------------------
     async def reclaim_expired(self, host: str | None = None) -> int:
-        """Return the ports of every expired lease (and ended quarantine) of ``host`` (default:
-        the allocator's) to the free set.
+        """Return the ports of every expired lease (of any tenant) and ended quarantine of
+        ``host`` (default: the allocator's) to the free set.
 
         Returns:
             How many ports went back to the free set.
@@ -427,6 +546,7 @@ class PortAllocator:
             ValidationError: a bad host name.
         """
         host = self.host if host is None else _check_host(host)
+        await self._ready(host)
         keys = self._lease_keys(host)
         total = 0
         while True:
@@ -438,16 +558,61 @@ class PortAllocator:
 
     async def _reclaimed(self, host: str, flat: Sequence[Any]) -> None:
         for i in range(0, len(flat), 3):
-            port, token, agent = int(flat[i]), int(flat[i + 1]), _text(flat[i + 2])
-            if agent:  # "" is an ended quarantine, not a lease
-                log.info("port_reclaimed", port=port, host=host, agent_id=agent, token=token)
+            port, token, holder = int(flat[i]), int(flat[i + 1]), _text(flat[i + 2])
+            if not holder:  # an ended quarantine, not a lease
+                continue
+            tenant, _, agent = holder.rpartition("/")
+            log.info(
+                "port_reclaimed", port=port, host=host, tenant=tenant, agent_id=agent, token=token
+            )
+            if tenant == self.tenant:
                 await self._emit(
                     "port_reclaimed", agent, {"port": port, "host": host, "fencing_token": token}
                 )
 
+    # --- migration ----------------------------------------------------------------------
+    async def migrate_tenant_leases(self, host: str | None = None) -> int:
+        """Move this tenant's leases on ``host`` (default: the allocator's) from the
+        per-tenant keys of earlier versions into the host's shared keys (see the module's
+        "Migration"). Done by itself the first time the allocator touches a host; safe to
+        call any time, from any number of processes.
+
+        Returns:
+            How many live leases were moved (0 once there is nothing left to move).
+
+        Raises:
+            ValidationError: a bad host name.
+        """
+        host = self.host if host is None else _check_host(host)
+        old = [self._ks.key("ports", f"{{{host}}}", name) for name in _OLD_KEYS]
+        moved, refused = await self._ks.run_script(
+            "port_migrate",
+            [*self._lease_keys(host), self._host_key(host, "seq"), *old],
+            [self.tenant, RESERVE_OWNER_PREFIX],
+        )
+        self._migrated.add(host)
+        for i in range(0, len(refused), 3):
+            log.warning(
+                "port_migration_refused",
+                port=int(refused[i]),
+                host=host,
+                agent_id=_text(refused[i + 2]),
+                token=int(refused[i + 1]),
+                reason="the port is leased in the host's shared keys",
+            )
+        agents = {_text(moved[i + 2]) for i in range(0, len(moved), 3)}
+        if agents:
+            await self._note_hosts_many({agent_id: [host] for agent_id in agents})
+            log.info("port_leases_migrated", host=host, tenant=self.tenant, count=len(moved) // 3)
+        return len(moved) // 3
+
+    async def _ready(self, host: str) -> None:
+        if host not in self._migrated:
+            await self.migrate_tenant_leases(host)
+
     # --- reads --------------------------------------------------------------------------
     async def leases(self, agent_id: str) -> list[PortLease]:
-        """The live leases of ``agent_id`` on every host, by host and port.
+        """The live leases of this tenant's ``agent_id`` on every host, by host and port.
 
         Raises:
             ValidationError: a bad agent id.
@@ -455,7 +620,10 @@ class PortAllocator:
         _check_agent(agent_id)
         found: list[PortLease] = []
         for host in sorted(await self._hosts_of(agent_id)):
-            reply = await self._ks.run_script("port_leases", self._lease_keys(host), [agent_id])
+            await self._ready(host)
+            reply = await self._ks.run_script(
+                "port_leases", self._lease_keys(host), [self._holder(agent_id)]
+            )
             for i in range(0, len(reply), 3):
                 found.append(
                     PortLease(
@@ -467,14 +635,16 @@ class PortAllocator:
     async def stats(
         self, host: str | None = None, *, port_range: tuple[int, int] | None = None
     ) -> PortStats:
-        """Occupancy of ``port_range`` (default: the configured one) on ``host``.
+        """Occupancy of ``port_range`` (default: the configured one) on ``host``, over every
+        tenant.
 
         Raises:
             ValidationError: a bad host or range.
         """
         host = self.host if host is None else _check_host(host)
         first, last = self.default_range if port_range is None else _check_range(port_range)
-        in_use, quarantined, host_in_use, expired = await self._ks.run_script(
+        await self._ready(host)
+        in_use, quarantined, host_in_use, expired, reserved = await self._ks.run_script(
             "port_stats", self._lease_keys(host), [first, last]
         )
         return PortStats(
@@ -486,18 +656,20 @@ class PortAllocator:
             free=last - first - int(in_use),
             host_in_use=int(host_in_use),
             host_expired=int(expired),
+            reserved=int(reserved),
         )
 
     # --- helpers ------------------------------------------------------------------------
-    def _host_key(self, host: str, *parts: str) -> str:
-        return self._ks.key("ports", f"{{{host}}}", *parts)
+    def _holder(self, agent_id: str) -> str:
+        """The holder of a lease in the host's keys: tenant names have no "/"."""
+        return f"{self.tenant}/{agent_id}"
 
-    def _host_keys(self, host: str) -> list[str]:
-        return [self._host_key(host, name) for name in _HOST_KEYS]
+    def _host_key(self, host: str, *parts: str) -> str:
+        return _HOSTS_PREFIX + ":".join((f"{{{host}}}", *parts))
 
     def _lease_keys(self, host: str) -> list[str]:
-        """KEYS[1..6] of every script but allocation: the host's keys without the counter."""
-        return self._host_keys(host)[:6]
+        """KEYS[1..7] of every lease script: the host's keys but the counter."""
+        return [self._host_key(host, name) for name in _LEASE_KEYS]
 
     def _hosts_key(self, agent_id: str) -> str:
         return self.hosts_prefix(shard_of(agent_id, self._shards)) + agent_id + ":hosts"
@@ -528,11 +700,12 @@ class PortAllocator:
         noted = await self._ks.execute("ZSCORE", hosts_key, host)
         if noted is None:
             return
+        holder = self._holder(agent_id)
         held = await self._ks.execute(
             "ZRANGEBYLEX",
             self._host_key(host, "byagent"),
-            f"[{agent_id}|",
-            f"({agent_id}}}",
+            f"[{holder}|",
+            f"({holder}}}",
             "LIMIT",
             0,
             1,

@@ -132,11 +132,15 @@ def _ports(fleet: Fleet) -> Invariant:
         for a in holders
         if a.lease is not None and fleet.snapshot.get((a.lease.host, a.lease.port)) != [a.agent_id]
     ]
-    in_use = -1 if fleet.port_stats is None else fleet.port_stats.in_use
-    ok = not fleet.duplicates and not shared and not lost and live == in_use
+    stats = fleet.port_stats
+    # The host's ports are shared by every tenant (and the outage reserves): the server's
+    # count of leased ports, less the reserves, holds at least this tenant's live leases.
+    leased = -1 if stats is None else stats.in_use - stats.reserved - stats.quarantined
+    ok = not fleet.duplicates and not shared and not lost and 0 <= live <= leased
     detail = (
         f"{fleet.handed_out:,} leases checked as handed out, {len(fleet.duplicates)} "
-        f"duplicates; {live:,} live at the snapshot (server in_use {in_use:,}), "
+        f"duplicates; {live:,} live at the snapshot (server: {leased:,} leased on the host "
+        "outside outage reserves, all tenants), "
         f"{len(shared)} shared, {len(lost)} agents without their own lease"
     )
     if fleet.duplicates:
