@@ -7,16 +7,20 @@ import asyncio
 import itertools
 import os
 import random
+import re
 import sys
 import textwrap
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from zen_async import (
+    BackendError,
     ConflictError,
     InvalidTransitionError,
     NotFoundError,
@@ -38,7 +42,7 @@ from zen_async.agents.models import (
 from zen_async.agents.ports import PortAllocator
 from zen_async.agents.state import AgentStateManager
 from zen_async.events import Event
-from zen_async.events.envelope import agent_shard
+from zen_async.events.envelope import agent_shard, shard_tag
 from zen_async.store import Message
 from zen_async.testing.deployments import Target
 
@@ -589,3 +593,121 @@ def test_shards_of_the_bulk_paths_match_the_event_envelope() -> None:
         assert len(positions) <= 7
         assert positions == sorted(positions)
         assert all(agent_shard(ids[p], 16) == shard for p in positions)
+
+
+# --- records that cannot be decoded -----------------------------------------------------------
+def agent_key(zen: Zen, agent_id: str) -> str:
+    """The hash of an agent, as the state manager names it (to write one by hand)."""
+    tag = shard_tag(agent_shard(agent_id, zen.agents.shards))
+    return zen.redis.keyspace("state").key(tag, "agent", agent_id)
+
+
+_CAPABILITIES = AgentCapabilities().model_dump(mode="json")
+_PERFORMANCE = AgentPerformance().model_dump(mode="json")
+UNDECODABLE: dict[str, tuple[str, bytes]] = {
+    # hash field written by hand (or by another version) -> its value
+    "extra-capability": ("doc", b'{"capabilities": {"x": 1}}'),
+    "null-timeout": (
+        "doc",
+        orjson.dumps({"capabilities": _CAPABILITIES | {"timeout_seconds": None}}),
+    ),
+    "null-memory": ("doc", orjson.dumps({"performance": _PERFORMANCE | {"memory_mb": None}})),
+    "text-resources": ("doc", b'{"allocated_resources": "zzz"}'),
+    "list-metadata": ("doc", b'{"metadata": [1, 2]}'),
+    "number-task": ("doc", b'{"current_task_id": 5}'),
+    "not-json": ("doc", b"{not json"),
+    "not-object": ("doc", b"[]"),
+    "nan-gauge": ("mem", b"nan"),
+    "text-connections": ("conns", b"many"),
+    "unknown-state": ("state", b"sleeping"),
+    "text-version": ("version", b"v2"),
+}
+
+
+async def test_a_record_that_cannot_be_decoded_breaks_only_itself(zen: Zen) -> None:
+    """Invariant: one bad stored record (another version's, or written by hand) never breaks
+    reads of the tenant's other agents: lists skip it and count it, and reading it by id
+    raises a typed error naming it."""
+    agents = zen.agents
+    good = ["good-1", "good-2", "good-3"]
+    ids = [*good, *UNDECODABLE]
+    await agents.create_agents([AgentSpec(agent_type="coder", agent_id=i) for i in ids])
+    results = await agents.transition_many([(i, S.READY, None) for i in ids])
+    assert not any(isinstance(r, ZenError) for r in results)
+    ks = zen.redis.keyspace("state")
+    for agent_id, (field, value) in UNDECODABLE.items():
+        await ks.execute("HSET", agent_key(zen, agent_id), field, value)
+
+    for agent_id in UNDECODABLE:
+        with pytest.raises(
+            BackendError, match=f"agent '{agent_id}' is stored but cannot be decoded"
+        ):
+            await agents.get_agent(agent_id)
+    with pytest.raises(BackendError, match="cannot be decoded") as info:
+        await agents.get_agents([*good, *UNDECODABLE])
+    assert f"and {len(UNDECODABLE) - 1} more" in str(info.value)
+    assert [r.agent_id for r in await agents.get_agents(good) if r is not None] == good
+
+    with capture_logs() as logs:
+        page = await agents.list_agents_page()
+    assert sorted(a.agent_id for a in page.agents) == good
+    assert (page.skipped, page.next_cursor) == (len(UNDECODABLE), None)
+    warned = [e["error"] for e in logs if e["event"] == "agent_record_undecodable"]
+    assert len(warned) == len(UNDECODABLE)
+    assert all(any(f"'{i}'" in w for w in warned) for i in UNDECODABLE)
+
+    records, cursor = await agents.list_agents(state="ready")  # the two-item shape stays
+    assert (sorted(r.agent_id for r in records), cursor) == (good, None)
+    seen: list[str] = []
+    skipped, cursor = 0, None
+    while True:
+        page = await agents.list_agents_page(limit=4, cursor=cursor)
+        seen += [a.agent_id for a in page.agents]
+        skipped += page.skipped
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert (sorted(seen), skipped) == (good, len(UNDECODABLE))
+    available = await agents.get_available_agents("coder")
+    assert sorted(a.agent_id for a in available) == good
+
+    assert await agents.delete_agent("not-json")  # the way out: delete it, create it anew
+    await agents.create_agent("coder", agent_id="not-json")
+    assert (await agents.get_agent("not-json")) is not None
+
+
+async def test_updates_are_validated_as_the_model_validates(zen: Zen) -> None:
+    """Invariant: update_agent stores only what the model accepts (model_copy does not
+    validate): a bad field is refused, naming it, and the stored record still decodes."""
+    agents = zen.agents
+    await agents.create_agent("coder", agent_id="upd-v", metadata={"a": 1})
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"capabilities": {"x": 1}}, "capabilities"),
+        ({"capabilities": {"timeout_seconds": float("inf")}}, "timeout_seconds"),
+        ({"capabilities": {"max_concurrent_tasks": 0}}, "max_concurrent_tasks"),
+        ({"allocated_resources": "zzz"}, "allocated_resources"),
+        ({"allocated_resources": {"gpu": float("nan")}}, "allocated_resources.gpu"),
+        ({"performance": {"memory_mb": float("nan")}}, "memory_mb"),
+        ({"performance": {"tasks_completed": "many"}}, "tasks_completed"),
+        ({"current_task_id": 5}, "current_task_id"),
+        ({"metadata": {"n": float("-inf")}}, "metadata.n"),
+    ]
+    for changes, field in bad:
+        with pytest.raises(ValidationError, match=re.escape(field)):
+            await agents.update_agent("upd-v", **changes)
+    record = await agents.get_agent("upd-v")
+    assert record is not None
+    assert (record.version, record.metadata) == (1, {"a": 1})
+    updated = await agents.update_agent(
+        "upd-v",
+        capabilities={"timeout_seconds": 5, "port_range": [4000, 4010]},  # type: ignore[arg-type]
+        allocated_resources={"gpu": 1},
+    )
+    assert updated.capabilities == AgentCapabilities(timeout_seconds=5.0, port_range=(4000, 4010))
+    stored = await agents.get_agent("upd-v")
+    assert stored is not None
+    assert (stored.capabilities, stored.allocated_resources, stored.version) == (
+        updated.capabilities,
+        {"gpu": 1},
+        2,
+    )

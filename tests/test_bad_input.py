@@ -704,11 +704,11 @@ async def test_conflicts_leave_no_trace(world: World) -> None:
 
 
 async def test_an_exhausted_port_range_leaves_no_trace(world: World) -> None:
-    await world.zen.ports.allocate("a1", port_range=(40500, 40501))
+    await world.zen.ports.allocate("a1", port_range=(9500, 9501))
     async with unchanged(world):
         await rejected(
-            lambda: world.zen.ports.allocate("b1", port_range=(40500, 40501)),
-            "40500",
+            lambda: world.zen.ports.allocate("b1", port_range=(9500, 9501)),
+            "9500",
             error=CapacityError,
         )
 
@@ -746,3 +746,161 @@ async def test_memory_tag_with_a_lone_surrogate(world: World) -> None:
         await rejected(
             lambda: world.zen.memory.store_memory("a1", "tagged", tags=["\ud800"]), "tag"
         )
+
+
+# --- NaN and infinity, wrongly typed updates, value sizes (issue 14) ---------------------------
+NON_FINITE: Final = [math.nan, math.inf, -math.inf]
+NESTINGS: Final[list[Callable[[float], dict[str, Any]]]] = [
+    lambda v: {"x": v},
+    lambda v: {"a": [1, {"b": v}]},
+    lambda v: {"n": {"m": [2.5, v]}, "ok": None},
+]
+
+
+@settings(PROPERTY, max_examples=20)
+@given(number=st.sampled_from(NON_FINITE), nest=st.sampled_from(NESTINGS))
+@keyspace_unchanged
+async def test_nan_and_infinity_are_refused_wherever_a_number_is_stored(
+    world: World, number: float, nest: Callable[[float], dict[str, Any]]
+) -> None:
+    """orjson writes NaN and infinity as null: stored, they would come back as something the
+    caller never wrote (and a null where the model needs a number breaks every read)."""
+    zen = world.zen
+    agents, events, cache = zen.agents, zen.events, zen.cache
+    data = nest(number)
+    capabilities: Any = {"timeout_seconds": number}
+    calls: list[tuple[Callable[[], Awaitable[object]], tuple[str, ...]]] = [
+        (lambda: agents.create_agent("coder", agent_id="a2", metadata=data), ("metadata", "NaN")),
+        (
+            lambda: agents.create_agent("coder", agent_id="a2", capabilities=capabilities),
+            ("timeout_seconds", "finite"),
+        ),
+        (lambda: agents.update_agent("a1", capabilities=capabilities), ("timeout_seconds",)),
+        (lambda: agents.update_agent("a1", metadata=data), ("metadata", "NaN")),
+        (lambda: agents.update_agent("a1", allocated_resources=data), ("allocated_resources",)),
+        (
+            lambda: agents.update_agent("a1", performance={"memory_mb": number}),  # type: ignore[arg-type]
+            ("memory_mb", "finite"),
+        ),
+        (lambda: agents.heartbeat("a1", memory_mb=number), ("memory_mb", "finite")),
+        (lambda: agents.heartbeat("a1", cpu_percent=number), ("cpu_percent", "finite")),
+        (lambda: agents.heartbeats(["a1"], memory_mb=number), ("memory_mb", "finite")),
+        (lambda: events.publish("orders", "x", data), ("event data", "NaN")),
+        (lambda: events.publish_agent_event("a1", "x", data), ("event data", "NaN")),
+        (lambda: cache.set("k", data, ttl=60), ("cache value", "NaN")),
+        (lambda: cache.set("k", number), ("cache value", "NaN")),
+        (lambda: cache.set_nats_connection_state("c1", data), ("NaN",)),
+        (lambda: cache.set_temporal_workflow_context("w1", data), ("NaN",)),
+        (lambda: zen.conversations.create_thread("chat", data), ("NaN",)),
+    ]
+    for call, words in calls:
+        await rejected(call, *words)
+
+
+async def test_a_non_finite_value_computed_by_get_or_set_is_refused(world: World) -> None:
+    cache = world.zen.cache
+
+    async def compute() -> Any:
+        return {"ratio": math.nan}
+
+    await rejected(lambda: cache.get_or_set("ratio", compute, ttl=60), "cache value", "NaN")
+    assert await cache.get("ratio") is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"capabilities": {"x": 1}}, ("capabilities", "x", "Extra inputs")),
+        ({"capabilities": {"max_concurrent_tasks": 0}}, ("capabilities", "max_concurrent_tasks")),
+        ({"capabilities": [1]}, ("capabilities",)),
+        ({"allocated_resources": "zzz"}, ("allocated_resources", "dictionary")),
+        ({"allocated_resources": {1: "int key"}}, ("allocated_resources",)),
+        ({"performance": {"memory_mb": "lots"}}, ("performance", "memory_mb")),
+        ({"performance": {"health_score": 2}}, ("performance", "health_score")),
+        ({"current_task_id": 5}, ("current_task_id", "string")),
+    ],
+)
+async def test_update_agent_validates_each_field(
+    world: World, changes: dict[str, Any], words: tuple[str, ...]
+) -> None:
+    """``model_copy(update=...)`` does not validate: a wrongly typed field used to be stored,
+    and every later read of the agent (and of the tenant's lists) failed."""
+    agents = world.zen.agents
+    async with unchanged(world):
+        await rejected(lambda: agents.update_agent("a1", **changes), *words)
+    record = await agents.get_agent("a1")
+    assert record is not None
+    assert (record.version, record.metadata) == (2, {"team": "blue"})
+    assert [a.agent_id for a in (await agents.list_agents())[0]] == ["a1"]
+
+
+@pytest.mark.parametrize(
+    ("gauges", "words"),
+    [
+        ({"memory_mb": "abc"}, ("memory_mb", "finite number")),
+        ({"memory_mb": -1.0}, ("memory_mb", ">= 0")),
+        ({"memory_mb": 10**400}, ("memory_mb", "finite number")),
+        ({"cpu_percent": True}, ("cpu_percent",)),
+        ({"cpu_percent": [1]}, ("cpu_percent",)),
+        ({"connections": 1.5}, ("connections", "integer")),
+        ({"connections": True}, ("connections", "integer")),
+        ({"connections": -1}, ("connections", "integer")),
+        ({"connections": 2**63}, ("connections", "integer")),
+    ],
+)
+async def test_heartbeat_gauges_are_checked(
+    world: World, gauges: dict[str, Any], words: tuple[str, ...]
+) -> None:
+    """A gauge is stored as text and read back as a number: one that is not (``"abc"``) used
+    to be stored, and every later read of the agent failed."""
+    agents = world.zen.agents
+    async with unchanged(world):
+        await rejected(lambda: agents.heartbeat("a1", **gauges), *words)
+        await rejected(lambda: agents.heartbeats(["a1"], **gauges), *words)
+    assert await agents.get_agent("a1") is not None
+
+
+def _json_of_size(size: int) -> dict[str, str]:
+    value = {"blob": "x" * (size - len('{"blob":""}'))}
+    assert len(orjson.dumps(value)) == size
+    return value
+
+
+async def test_value_size_limit_is_exact(world: World) -> None:
+    """Agent metadata and allocated_resources, event data and cache values of up to
+    REDIS_MAX_VALUE_BYTES of JSON are stored; one byte more is refused before any work."""
+    zen = world.zen
+    limit = 1_048_576  # the default
+    over = _json_of_size(limit + 1)
+    words = (str(limit), "REDIS_MAX_VALUE_BYTES")
+    async with unchanged(world):
+        await rejected(
+            lambda: zen.agents.create_agent("coder", agent_id="a2", metadata=over),
+            "agent metadata",
+            *words,
+        )
+        await rejected(lambda: zen.agents.update_agent("a1", metadata=over), "metadata", *words)
+        await rejected(
+            lambda: zen.agents.update_agent("a1", allocated_resources=over),
+            "allocated_resources",
+            *words,
+        )
+        await rejected(lambda: zen.events.publish("orders", "big", over), "event data", *words)
+        await rejected(
+            lambda: zen.events.publish_agent_event("a1", "big", over), "event data", *words
+        )
+        await rejected(lambda: zen.cache.set("big", over), "cache value", *words)
+        await rejected(lambda: zen.cache.set("big", b"x" * (limit + 1)), "cache value", *words)
+        await rejected(lambda: zen.cache.set_nats_connection_state("c1", over), *words)
+    at = _json_of_size(limit)
+    await zen.agents.create_agent("coder", agent_id="a2", metadata=at)
+    updated = await zen.agents.update_agent("a2", allocated_resources=at)
+    assert (updated.metadata, updated.allocated_resources) == (at, at)
+    stored = await zen.agents.get_agent("a2")
+    assert stored is not None
+    assert (stored.metadata, stored.allocated_resources) == (at, at)
+    event_id = await zen.events.publish("orders", "big", at)
+    assert [e.data async for e in zen.events.replay("orders") if e.id == event_id] == [at]
+    await zen.cache.set("big", at, ttl=60)
+    assert await zen.cache.get("big") == at
+    assert zen.redis.settings.redis_max_value_bytes == limit

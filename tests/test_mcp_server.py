@@ -14,10 +14,13 @@ from typing import Any
 import httpx2
 import orjson
 import pytest
-from mcp import Client
+from mcp import Client, types
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from mcp.server.mcpserver.exceptions import ToolError
 
+from zen_async import open_zen
+from zen_async.events.envelope import agent_shard, shard_tag
 from zen_async.mcp_server import TOOL_NAMES, build_server
 from zen_async.testing import free_port
 from zen_async.testing.deployments import Target
@@ -449,3 +452,84 @@ async def test_tool_outputs_are_json(
         result = await client.call_tool(tool, arguments)
     assert not result.is_error, result.content
     orjson.dumps(result.structured_content)  # typed, structured output
+
+
+def sent_as_json(tool: str, arguments: bytes) -> dict[str, Any]:
+    """A tool's arguments as the server parses them off the wire from a client that writes
+    its JSON itself: ``1e999`` and ``NaN`` arrive as infinity and NaN (the official client
+    never sends them: it writes both as null)."""
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"%s","arguments":%s}}'
+    message = types.jsonrpc_message_adapter.validate_json(
+        body % (tool.encode(), arguments), by_name=False
+    )
+    assert isinstance(message, types.JSONRPCRequest)
+    assert message.params is not None
+    sent: dict[str, Any] = message.params["arguments"]
+    return sent
+
+
+async def test_a_poisoned_record_never_breaks_the_tenant(standalone: Target) -> None:
+    """Invariant: whatever one client sends or one hand writes, agent_get and agent_list keep
+    working through the official client for the tenant's other agents. NaN and infinity are
+    refused at the door (stored, they came back as null, which the client's output check
+    rejects); a record that cannot be decoded is skipped by agent_list (and counted) and
+    fails agent_get of that agent alone."""
+    settings = standalone.settings()
+    server = build_server(settings)
+    async with Client(server) as client, open_zen(settings) as zen:
+        payload(await client.call_tool("agent_create", {"agent_type": "coder", "agent_id": "ok"}))
+        for number in (b"1e999", b"-1e999", b"NaN", b"Infinity"):
+            for tool, arguments, field in [
+                (
+                    "agent_create",
+                    b'{"agent_type": "coder", "agent_id": "nan", '
+                    b'"capabilities": {"timeout_seconds": %s}}',
+                    "timeout_seconds",
+                ),
+                ("agent_create", b'{"agent_type": "coder", "metadata": {"v": [%s]}}', "metadata"),
+                ("agent_heartbeat", b'{"agent_id": "ok", "memory_mb": %s}', "memory_mb"),
+                ("agent_heartbeat", b'{"agent_id": "ok", "cpu_percent": %s}', "cpu_percent"),
+            ]:
+                with pytest.raises(ToolError, match=field):
+                    await server.call_tool(tool, sent_as_json(tool, arguments % number))
+        got = payload(await client.call_tool("agent_get", {"agent_id": "ok"}))
+        assert got["capabilities"]["timeout_seconds"] == 300.0
+        assert got["performance"]["memory_mb"] == 0.0
+        listed = payload(await client.call_tool("agent_list", {}))
+        assert [a["agent_id"] for a in listed["agents"]] == ["ok"]
+
+        await zen.agents.create_agent("coder", agent_id="hand")
+        tag = shard_tag(agent_shard("hand", zen.agents.shards))
+        key = zen.redis.keyspace("state").key(tag, "agent", "hand")
+        await zen.redis.keyspace("state").execute("HSET", key, "doc", b'{"capabilities": {"x": 1}}')
+        page = payload(await client.call_tool("agent_list", {}))
+        assert ([a["agent_id"] for a in page["agents"]], page["skipped"]) == (["ok"], 1)
+        assert payload(await client.call_tool("agent_get", {"agent_id": "ok"}))["agent_id"] == "ok"
+        broken = error_text(await client.call_tool("agent_get", {"agent_id": "hand"}))
+        assert "BackendError: agent 'hand' is stored but cannot be decoded" in broken
+
+
+async def test_limits_are_checked_by_every_tool_that_takes_one(standalone: Target) -> None:
+    """``limit`` -1 or 0 used to give one event from events_replay: every limit is checked."""
+    async with Client(build_server(standalone.settings())) as client:
+        payload(await client.call_tool("agent_create", {"agent_type": "coder", "agent_id": "lim"}))
+        payload(
+            await client.call_tool("agent_transition", {"agent_id": "lim", "to_state": "ready"})
+        )
+        cases = [
+            ("events_replay", {"agent_id": "lim"}, 10_000),
+            ("agent_list", {}, 10_000),
+            ("task_list", {}, 10_000),
+            ("memory_search", {"agent_id": "lim", "query": "anything"}, 1000),
+        ]
+        for tool, arguments, most in cases:
+            for limit in (-1, 0, most + 1):
+                text = error_text(await client.call_tool(tool, {**arguments, "limit": limit}))
+                assert "ValidationError" in text, (tool, limit, text)
+                assert "limit" in text, (tool, limit, text)
+                assert str(most) in text, (tool, limit, text)
+        for limit in (1, 2):
+            events = payload(
+                await client.call_tool("events_replay", {"agent_id": "lim", "limit": limit})
+            )
+            assert [e["type"] for e in events] == ["agent_created", "state_changed"][:limit]

@@ -121,6 +121,7 @@ class Cache:
         self._redis = redis
         self._ks: Keyspace = redis.keyspace("cache", tenant=tenant)
         self._codec: Codec = redis.codec
+        self._max_value = settings.redis_max_value_bytes
         self._degraded = redis.degraded
         self._lock_ms = _ttl_ms(lock_ttl, what="lock_ttl")
         self._wait_timeout = _ttl_ms(wait_timeout, what="wait_timeout") / 1000
@@ -206,13 +207,15 @@ class Cache:
                 idempotent: applying it again sets the same value).
 
         Raises:
-            ValidationError: a bad key, TTL, value or op id; nothing was written.
+            ValidationError: a bad key, TTL, value or op id, a value holding NaN or
+                infinity or taking more than REDIS_MAX_VALUE_BYTES (as JSON, or as bytes);
+                nothing was written.
             CapacityError: Redis is unreachable and the outage journal is full.
         """
         op_id = new_op_id(op_id)
         name = self._value_key(key)
         ttl_ms = None if ttl is None else _ttl_ms(ttl)
-        raw = self._codec.encode(value)
+        raw = self._encode(value)
         ticket = self._local.open(key)
         done = False
         try:
@@ -272,7 +275,8 @@ class Cache:
             The value as stored (a tuple comes back as a list, as :meth:`get` would give it).
 
         Raises:
-            ValidationError: a bad key or TTL, or a value the codec cannot encode.
+            ValidationError: a bad key or TTL, or a value the codec cannot encode (NaN or
+                infinity in it, more than REDIS_MAX_VALUE_BYTES).
             Exception: whatever ``factory`` raised.
         """
         name = self._value_key(key)
@@ -511,7 +515,7 @@ class Cache:
     async def _compute(
         self, key: str, name: str, factory: Callable[[], Awaitable[Any]], ttl_ms: int | None
     ) -> Any:
-        encoded = self._codec.encode(await factory())
+        encoded = self._encode(await factory())
         try:
             await self._write(name, encoded, ttl_ms, kind="c", key=key)
         finally:
@@ -543,7 +547,11 @@ class Cache:
                 f"{what} must be a dict (a JSON object), got {type(value).__name__}"
             )
         ttl_ms = _ttl_ms(ttl)
-        await self._write(name, self._codec.encode(value), ttl_ms, kind=kind, key=ident)
+        await self._write(name, self._encode(value, what), ttl_ms, kind=kind, key=ident)
+
+    def _encode(self, value: Any, what: str = "cache value") -> bytes:
+        """``value`` encoded, refused above REDIS_MAX_VALUE_BYTES or with NaN or infinity."""
+        return self._codec.encode(value, limit=self._max_value, what=what)
 
 
 def _check_key(value: object, what: str) -> str:

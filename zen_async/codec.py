@@ -2,10 +2,17 @@
 format header so any reader can decode any stored value whatever the writer's settings.
 
 Vectors are stored apart from JSON, as little-endian float32 bytes.
+
+JSON has no NaN or infinity, and orjson writes them as ``null``: a value holding one would be
+stored as something else than what was given (a ``null`` where a model requires a number
+poisons every later read). :func:`dump_json` and :meth:`Codec.encode` refuse them, and bound
+the size of what they write (``REDIS_MAX_VALUE_BYTES`` where a service passes it).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import zlib
 from typing import Any, Final
 
@@ -15,7 +22,15 @@ import orjson
 
 from zen_async.errors import ValidationError
 
-__all__ = ["Codec", "decode_vector", "encode_vector"]
+__all__ = [
+    "Codec",
+    "check_size",
+    "decode_vector",
+    "dump_json",
+    "encode_vector",
+    "non_finite",
+    "refuse_non_finite",
+]
 
 # Format header, the first byte of every encoded value.
 JSON: Final = 0x01
@@ -40,14 +55,24 @@ class Codec:
     def __init__(self, *, compression_threshold: int = 1024) -> None:
         self._threshold = compression_threshold
 
-    def encode(self, value: Any) -> bytes:
+    def encode(self, value: Any, *, limit: int | None = None, what: str = "value") -> bytes:
         """Encode a JSON-serialisable value (``bytes`` are stored as they are).
 
+        Args:
+            value: the value.
+            limit: the most bytes its JSON (or the bytes given) may take, before compression;
+                None: no bound.
+            what: how an error names the value (``cache value``).
+
         Raises:
-            ValidationError: the value cannot be serialised.
+            ValidationError: the value cannot be serialised, holds NaN or infinity, or takes
+                more than ``limit`` bytes.
         """
         if isinstance(value, bytes | bytearray | memoryview):
-            return self._pack(bytes(value), BYTES, BYTES_ZLIB)
+            raw = bytes(value)
+            if limit is not None:
+                check_size(len(raw), limit, what)
+            return self._pack(raw, BYTES, BYTES_ZLIB)
         try:
             payload = orjson.dumps(value, option=_ORJSON_OPTS)
         except TypeError as exc:
@@ -56,6 +81,9 @@ class Codec:
                 "use JSON types (dict, list, str, int, float, bool, None), dataclasses, "
                 "pydantic models dumped to dicts, or bytes"
             ) from exc
+        if limit is not None:
+            check_size(len(payload), limit, what)
+        refuse_non_finite(value, payload, what)
         return self._pack(payload, JSON, JSON_ZLIB)
 
     def _pack(self, payload: bytes, plain: int, compressed: int) -> bytes:
@@ -90,6 +118,84 @@ class Codec:
             f"unknown format header {header:#04x}: expected 0x01-0x04 (a value written by "
             "zen_async's codec)"
         )
+
+
+def dump_json(value: Any, *, what: str, limit: int | None = None) -> bytes:
+    """``value`` as JSON (orjson, str keys or not, numpy arrays), checked.
+
+    Raises:
+        ValidationError: not JSON-serialisable, NaN or infinity in it, or more than
+            ``limit`` bytes of JSON; the message names ``what`` (and the limit).
+    """
+    try:
+        payload = orjson.dumps(value, option=_ORJSON_OPTS)
+    except TypeError as exc:
+        raise ValidationError(
+            f"{what} is not JSON-serialisable ({exc}): use dict, list, str, int, float, bool "
+            "and None"
+        ) from exc
+    if limit is not None:
+        check_size(len(payload), limit, what)
+    refuse_non_finite(value, payload, what)
+    return payload
+
+
+def check_size(size: int, limit: int, what: str) -> None:
+    """Refuse a value of ``size`` bytes above ``limit`` (REDIS_MAX_VALUE_BYTES).
+
+    Raises:
+        ValidationError: naming ``what``, its size and the limit.
+    """
+    if size > limit:
+        raise ValidationError(
+            f"{what} takes {size} bytes as JSON; at most {limit} are accepted "
+            "(REDIS_MAX_VALUE_BYTES)"
+        )
+
+
+def refuse_non_finite(value: Any, payload: bytes, what: str) -> None:
+    """Refuse ``value`` when it holds NaN or infinity, which its JSON ``payload`` (orjson's)
+    shows as ``null``: a payload without ``null`` in it has none, so most values are never
+    walked.
+
+    Raises:
+        ValidationError: naming where in ``value`` the number is.
+    """
+    if b"null" not in payload:
+        return
+    path = non_finite(value)
+    if path is not None:
+        raise ValidationError(
+            f"{what}{path} is NaN or infinity, which JSON cannot hold (it would be stored as "
+            "null); use a finite number"
+        )
+
+
+def non_finite(value: Any, path: str = "") -> str | None:
+    """Where the first NaN or infinity in a JSON-like ``value`` is (``.a[2].b``; ``""`` for
+    ``value`` itself), or None when it holds none. Looks into dicts, lists, tuples,
+    dataclasses and numpy arrays, as orjson serialises them."""
+    if isinstance(value, float | np.floating):
+        return None if math.isfinite(value) else path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = non_finite(item, f"{path}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = non_finite(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    elif isinstance(value, np.ndarray):
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            return path
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            found = non_finite(getattr(value, field.name), f"{path}.{field.name}")
+            if found is not None:
+                return found
+    return None
 
 
 def encode_vector(vector: npt.ArrayLike, *, dim: int) -> bytes:

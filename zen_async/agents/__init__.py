@@ -11,7 +11,7 @@ from zen_async.agents.models import (
     TransitionResult,
 )
 from zen_async.agents.ports import PortAllocator, PortEventHook, PortLease, PortStats
-from zen_async.agents.state import AgentStateManager
+from zen_async.agents.state import AgentListPage, AgentStateManager
 from zen_async.agents.tasks import (
     FINISHED_STATUSES,
     TASK_TRANSITIONS,
@@ -28,6 +28,7 @@ __all__ = [
     "TASK_TRANSITIONS",
     "TRANSITIONS",
     "AgentCapabilities",
+    "AgentListPage",
     "AgentPerformance",
     "AgentRecord",
     "AgentSpec",

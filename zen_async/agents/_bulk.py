@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from zen_async.agents._lifecycle import SOURCES, explain, script_error, transition_result
 from zen_async.agents._records import (
     FIELDS,
-    Times,
+    ReadCache,
     from_ms,
     new_performance,
     new_record,
@@ -26,7 +26,7 @@ from zen_async.agents._records import (
 )
 from zen_async.agents._shards import Chunk, run_chunks, shard_chunks
 from zen_async.agents.models import AgentRecord, AgentSpec, LifecycleState, TransitionResult
-from zen_async.errors import ConflictError, NotFoundError, ZenError
+from zen_async.errors import BackendError, ConflictError, NotFoundError, ZenError
 from zen_async.events import EventLog
 from zen_async.events.envelope import shard_stream_name, shard_tag
 from zen_async.store import Arg, Keyspace
@@ -122,15 +122,20 @@ class AgentBatches:
             raise ConflictError(f"agent {prepared[records.index(None)][0]} already exists")
         return done
 
-    async def get(self, agent_ids: Sequence[str]) -> list[AgentRecord | None]:
-        """The agents, None where absent.
+    async def get(
+        self, agent_ids: Sequence[str]
+    ) -> tuple[list[AgentRecord | None], list[BackendError]]:
+        """The agents, None where absent or undecodable, and the error of each undecodable
+        one (a record another version or a hand wrote, see ``_records.undecodable``), in
+        the order found.
 
         Raises:
             BackendError: a call failed.
         """
         records: list[AgentRecord | None] = [None] * len(agent_ids)
         failed: list[ZenError] = []
-        times: Times = {}
+        bad: list[BackendError] = []
+        cache = ReadCache()
 
         def build(chunk: Chunk) -> tuple[list[str], tuple[str, ...]]:
             prefix = self.prefixes[chunk[0]]
@@ -141,12 +146,15 @@ class AgentBatches:
                 failed.append(reply)
                 return
             for i, row in zip(chunk[1], reply, strict=True):
-                records[i] = record_from_row(agent_ids[i], row, times)
+                try:
+                    records[i] = record_from_row(agent_ids[i], row, cache)
+                except BackendError as exc:
+                    bad.append(exc)
 
         await run_chunks(self._ks, "agent_get", self.chunks(agent_ids), build, on_reply)
         if failed:
             raise failed[0]
-        return records
+        return records, bad
 
     async def transition(
         self,

@@ -25,10 +25,9 @@ from collections.abc import Hashable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from zen_async.agents._records import check_changes, with_changes
 from zen_async.agents.models import (
     TRANSITIONS,
-    AgentCapabilities,
-    AgentPerformance,
     AgentRecord,
     LifecycleState,
     TransitionResult,
@@ -66,10 +65,15 @@ def _pending(degraded: DegradedMode, tenant: str, agent_id: str) -> list[Journal
 
 
 def apply_entry(record: AgentRecord, entry: JournalEntry) -> AgentRecord:
-    """``record`` with one journaled write applied (its state or fields; not its version)."""
+    """``record`` with one journaled write applied (its state or fields; not its version),
+    validated as the model validates any write.
+
+    Raises:
+        ValidationError: the journaled changes do not make a valid record.
+    """
     if entry.kind == "agents.transition":
         return record.model_copy(update={"lifecycle_state": LifecycleState(entry.args["to_state"])})
-    return record.model_copy(update=restore_changes(entry.args["changes"]))
+    return with_changes(record, restore_changes(entry.args["changes"]))
 
 
 def view(degraded: DegradedMode, tenant: str, agent_id: str) -> AgentRecord | None:
@@ -180,10 +184,9 @@ def dump_changes(changes: dict[str, Any]) -> dict[str, Any]:
 
 
 def restore_changes(changes: dict[str, Any]) -> dict[str, Any]:
-    """The inverse of :func:`dump_changes`."""
-    out = dict(changes)
-    if "capabilities" in out:
-        out["capabilities"] = AgentCapabilities.model_validate(out["capabilities"])
-    if "performance" in out:
-        out["performance"] = AgentPerformance.model_validate(out["performance"])
-    return out
+    """The inverse of :func:`dump_changes`: each field validated again as the model's.
+
+    Raises:
+        ValidationError: a field the model refuses (a journal written by hand).
+    """
+    return check_changes(changes, None)

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from zen_async.errors import ValidationError
 
@@ -93,19 +93,33 @@ def sources_of(target: LifecycleState) -> list[LifecycleState]:
 class AgentCapabilities(BaseModel):
     """What an agent can do and the limits it runs under."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN and infinity are not JSON: stored, they would come back as null.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     supported_operations: list[str] = Field(default_factory=list, max_length=256)
     max_concurrent_tasks: int = Field(1, ge=1, le=10_000)
     memory_limit_mb: int = Field(512, ge=1)
     timeout_seconds: float = Field(300.0, gt=0)
     port_range: tuple[int, int] | None = None
+    """``(start, end)``, end exclusive as everywhere in zen_async's ports:
+    ``1 <= start < end <= 65536``."""
+
+    @field_validator("port_range")
+    @classmethod
+    def _port_range_is_a_range(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not 1 <= value[0] < value[1] <= 65536:
+            raise ValueError(
+                f"port_range={value!r}: expected (start, end) with 1 <= start < end <= 65536, "
+                "end exclusive"
+            )
+        return value
 
 
 class AgentPerformance(BaseModel):
     """Counters and gauges about an agent's work and health."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN and infinity are not JSON: stored, they would come back as null.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     tasks_completed: int = 0
     tasks_failed: int = 0

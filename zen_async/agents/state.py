@@ -17,6 +17,7 @@ import contextlib
 import socket
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -43,7 +44,15 @@ from zen_async.agents._offline import (
     restore_changes,
     view,
 )
-from zen_async.agents._records import record_doc, spec_doc, text
+from zen_async.agents._records import (
+    check_changes,
+    gauge_args,
+    problems,
+    record_doc,
+    spec_doc,
+    text,
+    with_changes,
+)
 from zen_async.agents._waiting import StateWaiters
 from zen_async.agents.models import (
     ACTIVE_STATES,
@@ -74,11 +83,23 @@ if TYPE_CHECKING:
     from zen_async.agents.ports import PortAllocator
     from zen_async.metrics import Metrics
 
-__all__ = ["AgentStateManager"]
+__all__ = ["AgentListPage", "AgentStateManager"]
 
 log = structlog.get_logger(__name__)
 
 _REAP_BATCH: Final = 100
+
+
+@dataclass(frozen=True, slots=True)
+class AgentListPage:
+    """A page of :meth:`AgentStateManager.list_agents_page`."""
+
+    agents: list[AgentRecord]
+    next_cursor: str | None
+    """Pass it back for the next page; None: there is none."""
+    skipped: int = 0
+    """Records of this page left out because they cannot be decoded (written by another
+    version or by hand; each logged as ``agent_record_undecodable``)."""
 
 
 class AgentStateManager:
@@ -123,6 +144,7 @@ class AgentStateManager:
         self.shards = redis.settings.redis_agent_shards
         self._lease_ms = int(lease_ttl * 1000)
         self._op_ttl_ms = int(redis.settings.redis_op_marker_ttl * 1000)
+        self._max_value = redis.settings.redis_max_value_bytes
         self._reap_interval = reap_interval
         self._grace_ms = int(release_grace * 1000)
         self._hints = StateWaiters(redis, events.agent_channel, self.get_agents, metrics)
@@ -185,7 +207,7 @@ class AgentStateManager:
                 pid=pid,
             )
         except pydantic.ValidationError as exc:
-            raise ValidationError(f"invalid agent: {_problems(exc)}") from None
+            raise ValidationError(f"invalid agent: {problems(exc)}") from None
         return (await self.create_agents([spec]))[0]
 
     async def create_agents(self, specs: Sequence[AgentSpec]) -> list[AgentRecord]:
@@ -210,7 +232,7 @@ class AgentStateManager:
         metadata = self._redactor.redact(spec.metadata, what="agent metadata")
         if metadata is not spec.metadata:
             spec = spec.model_copy(update={"metadata": metadata})
-        return agent_id, spec, spec_doc(spec)
+        return agent_id, spec, spec_doc(spec, self._max_value)
 
     async def get_agent(self, agent_id: str) -> AgentRecord | None:
         """The agent, or None if it does not exist. While Redis is unreachable: the record
@@ -218,6 +240,8 @@ class AgentStateManager:
 
         Raises:
             ValidationError: a malformed id.
+            BackendError: the stored record cannot be decoded (written by another version or
+                by hand); the message names the agent and what is wrong.
             DegradedError: Redis is unreachable and this process never saw the agent.
         """
 
@@ -232,14 +256,34 @@ class AgentStateManager:
     async def get_agents(self, agent_ids: Sequence[str]) -> list[AgentRecord | None]:
         """Many agents, None where absent: one Lua call per chunk of agents of one shard.
 
+        A stored record that cannot be decoded (written by another version or by hand)
+        fails the call, naming it, rather than pass for absent; :meth:`list_agents_page`
+        skips such records instead, and counts them.
+
         Raises:
             ValidationError: a malformed id (then nothing is read).
-            BackendError: a call failed.
+            BackendError: a call failed, or a record cannot be decoded (the first one found
+                is named, with how many there were).
         """
+        records, bad = await self._read(agent_ids)
+        if len(bad) == 1:
+            raise bad[0]
+        if bad:
+            raise BackendError(f"{bad[0]} (and {len(bad) - 1} more agent(s) of this call)")
+        return records
+
+    async def _read(
+        self, agent_ids: Sequence[str]
+    ) -> tuple[list[AgentRecord | None], list[BackendError]]:
+        """The records (None where absent or undecodable) and the undecodable ones' errors,
+        each logged."""
         for agent_id in agent_ids:
             validate_agent_id(agent_id)
         with self._timed("get"):
-            return await self._batches.get(agent_ids)
+            records, bad = await self._batches.get(agent_ids)
+        for error in bad:
+            log.warning("agent_record_undecodable", tenant=self._tenant, error=str(error))
+        return records, bad
 
     async def update_agent(
         self,
@@ -265,7 +309,9 @@ class AgentStateManager:
         stays the last one the server gave).
 
         Raises:
-            ValidationError: metadata that is not a JSON object, or a bad op id.
+            ValidationError: a field the model refuses (named), metadata or
+                allocated_resources that are not JSON objects without NaN or infinity of at
+                most REDIS_MAX_VALUE_BYTES as JSON, or a bad op id. Nothing was written.
             NotFoundError: no such agent.
             ConflictError: the stored version is not ``expected_version``.
             DegradedError: Redis is unreachable and this process never saw the agent.
@@ -289,6 +335,7 @@ class AgentStateManager:
                     f"{type(metadata).__name__}"
                 )
             changes["metadata"] = self._redactor.redact(metadata, what="agent metadata")
+        changes = check_changes(changes, self._max_value)
         validate_agent_id(agent_id)
         done = await self._degraded.attempt(
             lambda: self._update_now(agent_id, changes, expected_version, op_id)
@@ -298,7 +345,7 @@ class AgentStateManager:
         current = check_version(
             self._degraded, self._tenant, agent_id, expected_version, "an update"
         )
-        record_doc(current.model_copy(update=changes))  # refused before it is journaled
+        record_doc(with_changes(current, changes), self._max_value)  # refused before journaling
         entry = await self._degraded.accept(
             "agents.update",
             self._tenant,
@@ -325,8 +372,8 @@ class AgentStateManager:
                 current = (await self.get_agents([agent_id]))[0]
             if current is None:
                 raise NotFoundError(f"agent {agent_id!r} does not exist")
-            updated = current.model_copy(update=changes)
-            doc = record_doc(updated)
+            updated = with_changes(current, changes)
+            doc = record_doc(updated, self._max_value)
             at = current.version if expected_version is None else expected_version
             try:
                 with self._maybe_applied("update", op_id):
@@ -534,6 +581,8 @@ class AgentStateManager:
         Returns the lease expiry, or None for a terminated agent.
 
         Raises:
+            ValidationError: a bad id, or a gauge that is not a finite number >= 0
+                (``connections``: an integer).
             NotFoundError: no such agent.
         """
         expiry = (
@@ -558,9 +607,9 @@ class AgentStateManager:
         or its error.
 
         Raises:
-            ValidationError: a malformed id (then no heartbeat was recorded).
+            ValidationError: a malformed id or gauge (then no heartbeat was recorded).
         """
-        gauges = ["" if v is None else str(v) for v in (memory_mb, cpu_percent, connections)]
+        gauges = gauge_args(memory_mb, cpu_percent, connections)
         for agent_id in agent_ids:
             validate_agent_id(agent_id)
         expiries = await self._degraded.attempt(lambda: self._heartbeats_now(agent_ids, gauges))
@@ -645,14 +694,39 @@ class AgentStateManager:
         cursor: str | None = None,
         limit: int = 100,
     ) -> tuple[list[AgentRecord], str | None]:
-        """A page of agents, by id within each shard, from the indexes. Pass the returned
-        cursor to get the next page; None means there is none.
+        """A page of agents, by id within each shard, from the indexes, and the cursor of the
+        next page (None: there is none). Records that cannot be decoded are left out (see
+        :meth:`list_agents_page`, which counts them).
 
         Raises:
             ValidationError: a bad state, type, cursor or limit.
         """
-        if not 1 <= limit <= 10_000:
-            raise ValidationError(f"limit {limit} is out of range: use 1 to 10000")
+        page = await self.list_agents_page(
+            state=state, agent_type=agent_type, cursor=cursor, limit=limit
+        )
+        return page.agents, page.next_cursor
+
+    async def list_agents_page(
+        self,
+        *,
+        state: LifecycleState | str | None = None,
+        agent_type: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> AgentListPage:
+        """A page of agents, by id within each shard, from the indexes. Pass its
+        ``next_cursor`` to get the next page. A stored record that cannot be decoded
+        (written by another version or by hand) is skipped, logged as
+        ``agent_record_undecodable`` and counted in ``skipped``: one bad record never
+        breaks a listing.
+
+        Raises:
+            ValidationError: a bad state, type, cursor or limit (1 to 10000).
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise ValidationError(
+                f"limit={limit!r} is out of range: use an integer from 1 to 10000"
+            )
         suffix = self._index_suffix(state, agent_type)
         shard, after = parse_cursor(cursor, self.shards)
         found: list[str] = []
@@ -673,9 +747,13 @@ class AgentStateManager:
                 shard, after = shard + 1, None
             else:
                 after = found[-1]
-        records = [r for r in await self.get_agents(found) if r is not None]
+        records, bad = await self._read(found)
         more = shard < self.shards
-        return records, (f"{shard}:{after or ''}" if more and found else None)
+        return AgentListPage(
+            agents=[r for r in records if r is not None],
+            next_cursor=f"{shard}:{after or ''}" if more and found else None,
+            skipped=len(bad),
+        )
 
     def _index_suffix(self, state: LifecycleState | str | None, agent_type: str | None) -> str:
         if agent_type is not None:
@@ -707,15 +785,9 @@ class AgentStateManager:
     async def get_available_agents(
         self, agent_type: str, *, limit: int = 1000
     ) -> list[AgentRecord]:
-        """Agents of ``agent_type`` in state ``ready``."""
-        records, _ = await self.list_agents(
+        """Agents of ``agent_type`` in state ``ready`` (records that cannot be decoded are
+        skipped, as by :meth:`list_agents_page`)."""
+        page = await self.list_agents_page(
             state=LifecycleState.READY, agent_type=agent_type, limit=limit
         )
-        return records
-
-
-def _problems(exc: pydantic.ValidationError) -> str:
-    """pydantic's errors as one line: ``field: what was wrong; ...``."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}" for err in exc.errors()
-    )
+        return page.agents

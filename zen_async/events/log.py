@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
+from zen_async.codec import check_size, refuse_non_finite
 from zen_async.degraded import JournalEntry
 from zen_async.errors import BackendError, ValidationError, ZenError
 from zen_async.events.envelope import (
@@ -132,6 +133,7 @@ class EventLog:
         self._idem_ttl_ms = int(idempotency_ttl * 1000)
         self._trim_interval = trim_interval
         self._redactor = Redactor.from_settings(redis.settings)
+        self._max_data = redis.settings.redis_max_value_bytes
         # Named streams this process wrote; with the index, what trim_all() covers (the
         # export stream is in no index: it is not a source of the exporter).
         self._published: set[str] = set()
@@ -218,7 +220,8 @@ class EventLog:
         Sensitive fields of ``data`` (``REDIS_REDACT_FIELDS``) are stored as ``"[redacted]"``.
 
         Raises:
-            ValidationError: a bad name, type, agent id, key, or data that is not JSON.
+            ValidationError: a bad name, type, agent id, key, or data that is not JSON (NaN
+                and infinity included) or takes more than REDIS_MAX_VALUE_BYTES as JSON.
             CapacityError: Redis is unreachable and the outage journal is full.
         """
         op_id = new_op_id(op_id)
@@ -375,7 +378,8 @@ class EventLog:
         unreachable: journaled as :meth:`publish` is, and ``journal:<op id>``).
 
         Raises:
-            ValidationError: a bad agent id, type, key, or data that is not JSON.
+            ValidationError: a bad agent id, type, key, or data that is not JSON (NaN and
+                infinity included) or takes more than REDIS_MAX_VALUE_BYTES as JSON.
             CapacityError: Redis is unreachable and the outage journal is full.
         """
         op_id = new_op_id(op_id)
@@ -425,6 +429,10 @@ class EventLog:
                 "A-Z a-z 0-9 _ . : / @ = + -"
             )
         fields = encode_fields(event.type, event.data, agent_id=event.agent_id, idempotency_key=key)
+        data = dict(zip(fields[0::2], fields[1::2], strict=True))["data"]
+        payload = data if isinstance(data, bytes) else data.encode()
+        check_size(len(payload), self._max_data, "event data")
+        refuse_non_finite(event.data, payload, "event data")
         audit_key = ref.audit_key(event.agent_id) if audit and event.agent_id else ref.key
         keys = [ref.key, ref.idempotency_key(key or "-"), audit_key]
         args: list[str | bytes] = [
@@ -482,7 +490,13 @@ class EventLog:
             start = "(" + _text(page[-1][0])
 
     async def audit_trail(self, agent_id: str, *, limit: int = 1000) -> list[Event]:
-        """The agent's audit trail, oldest first (at most ``limit`` events)."""
+        """The agent's audit trail, oldest first (at most ``limit`` events, 1 to 1,000,000).
+
+        Raises:
+            ValidationError: a bad agent id or limit.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1_000_000:
+            raise ValidationError(f"limit {limit!r} is out of range: use 1 to 1000000")
         events: list[Event] = []
         async for event in self.replay(agent_id=agent_id):
             events.append(event)

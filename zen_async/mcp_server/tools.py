@@ -24,7 +24,7 @@ from zen_async.agents import (
     TransitionResult,
 )
 from zen_async.conversations import ThreadContext
-from zen_async.errors import ZenError
+from zen_async.errors import ValidationError, ZenError
 from zen_async.mcp_server.memory_outputs import (
     ConsolidationOut,
     MemoryAnalyticsOut,
@@ -58,6 +58,9 @@ class AgentPage(BaseModel):
 
     agents: list[AgentRecord]
     next_cursor: str | None
+    skipped: int = 0
+    """Records of this page left out because they cannot be decoded (written by another
+    version or by hand); the server logs each."""
 
 
 class PortLeaseOut(BaseModel):
@@ -117,6 +120,17 @@ class MetricPointOut(BaseModel):
     p99: float
 
 
+def _check_limit(limit: int, most: int) -> int:
+    """A tool's ``limit`` argument, from 1 to ``most``.
+
+    Raises:
+        ValidationError: out of that range.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= most:
+        raise ValidationError(f"limit={limit!r} is out of range: use an integer from 1 to {most}")
+    return limit
+
+
 def _zen_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Turn a ZenError into an MCP tool error that carries its message."""
 
@@ -128,6 +142,23 @@ def _zen_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             raise ToolError(f"{type(exc).__name__}: {exc}") from exc
 
     return wrapper
+
+
+def _port_range(start: int | None, end: int | None) -> tuple[int, int] | None:
+    """``port_allocate``'s range from its two arguments: both, or neither (the configured
+    range).
+
+    Raises:
+        ValidationError: one without the other.
+    """
+    if start is None and end is None:
+        return None
+    if start is None or end is None:
+        raise ValidationError(
+            f"port_range_start={start!r}, port_range_end={end!r}: give both (end exclusive) "
+            "or neither (REDIS_PORT_RANGE_START..END)"
+        )
+    return start, end
 
 
 def register_tools(server: MCPServer[Any], zen: ZenProvider | Zen) -> None:
@@ -175,10 +206,10 @@ def _register_core_tools(server: MCPServer[Any], get: ZenProvider) -> None:
         cursor: str | None = None,
         limit: int = 100,
     ) -> AgentPage:
-        agents, next_cursor = await get().agents.list_agents(
+        page = await get().agents.list_agents_page(
             state=state, agent_type=agent_type, cursor=cursor, limit=limit
         )
-        return AgentPage(agents=agents, next_cursor=next_cursor)
+        return AgentPage(agents=page.agents, next_cursor=page.next_cursor, skipped=page.skipped)
 
     @tool(name="agent_transition", description="Move an agent to another lifecycle state.")
     @_zen_errors
@@ -211,9 +242,7 @@ def _register_core_tools(server: MCPServer[Any], get: ZenProvider) -> None:
     async def port_allocate(
         agent_id: str, port_range_start: int | None = None, port_range_end: int | None = None
     ) -> PortLeaseOut:
-        port_range = None
-        if port_range_start is not None and port_range_end is not None:
-            port_range = (port_range_start, port_range_end)
+        port_range = _port_range(port_range_start, port_range_end)
         lease = await get().ports.allocate(agent_id, port_range=port_range)
         return PortLeaseOut(
             port=lease.port,
@@ -295,6 +324,7 @@ def _register_core_tools(server: MCPServer[Any], get: ZenProvider) -> None:
         from_id: str | None = None,
         limit: int = 100,
     ) -> list[EventOut]:
+        _check_limit(limit, 10_000)
         out: list[EventOut] = []
         async for event in get().events.replay(
             stream, agent_id=agent_id, since=since, until=until, from_id=from_id
