@@ -6,8 +6,9 @@ import argparse
 import asyncio
 import importlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -306,6 +307,29 @@ def _serve_token(args: argparse.Namespace) -> tuple[str | None, str | None]:
     return token, (source if token else None)
 
 
+async def _until_sigterm(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work``; SIGTERM (what an MCP client sends a stdio server that has not exited
+    soon after its stdin closed) cancels it, so that everything it opened is closed in
+    order: the embedded server's last user stops it instead of leaving it to the next."""
+    task = asyncio.ensure_future(work)
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not terminated:
+            raise  # this coroutine itself was cancelled
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 async def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from zen_async.mcp_server import serve_http, serve_stdio  # noqa: PLC0415 - optional surface
     from zen_async.mcp_server.app import check_exposure, transport_security  # noqa: PLC0415
@@ -322,7 +346,7 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
     sys.stderr.write(server_line(settings))
     sys.stderr.flush()
     if args.transport == "stdio":
-        await serve_stdio(settings, on_open=_opened)
+        await _until_sigterm(serve_stdio(settings, on_open=_opened))
         return 0
     sys.stdout.write(_connect_help(args.host, args.port, source))
     sys.stdout.flush()

@@ -207,3 +207,44 @@ async def test_two_stdio_servers_with_nothing_configured_share_one_server(
     assert len(seen["servers"]) == 1
     assert servers_in(data_dir) == [], "no valkey-server may outlive both clients"
     assert not (data_dir / "embedded.state").exists()
+
+
+async def test_a_stdio_server_stopped_with_sigterm_stops_the_embedded_server(
+    tmp_path: Path,
+) -> None:
+    """An MCP client closes a stdio server's stdin and sends SIGTERM when it has not exited
+    soon after: the server shuts down in order (exit 0), and as the last user it stops the
+    embedded server instead of leaving it running (before, SIGTERM killed it outright)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "ZEN_"))}
+    env.update(
+        HOME=str(tmp_path / "home"),
+        XDG_DATA_HOME=str(tmp_path / "data"),
+        PYTHONPATH=os.getcwd(),
+        ZEN_LOG_LEVEL="warning",
+    )
+    data_dir = tmp_path / "data" / "zen-async" / "embedded"
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("zen-async")),
+        "serve",
+        env=env,
+        cwd=tmp_path,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stderr is not None
+        with anyio.fail_after(60):
+            while b"embedded valkey-server at" not in await process.stderr.readline():
+                pass
+        assert len(servers_in(data_dir)) == 1
+        assert process.stdin is not None
+        process.stdin.close()  # the client leaves, then does not wait for a slow shutdown
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(60):
+            assert await process.wait() == 0
+        assert servers_in(data_dir) == [], "the last user stopped the embedded server"
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
