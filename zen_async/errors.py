@@ -21,7 +21,6 @@ that boundary, with ``raise ... from exc`` so the original stays on ``__cause__`
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 __all__ = [
@@ -136,12 +135,15 @@ class BackendError(ZenError):
     def with_op(self, op_id: str, *, what: str = "this write", sent: bool = True) -> BackendError:
         """The same error for a write under ``op_id``: says whether it may have been applied
         (``sent`` and a lost reply, not a refusal) and which op id makes a retry safe."""
-        maybe = sent and self.retryable and not isinstance(self, DegradedError)
+        if isinstance(self, DurabilityError):
+            maybe = True  # applied on the master, not confirmed by the replicas
+        else:
+            maybe = sent and self.retryable and not isinstance(self, DegradedError)
         outcome = f"{what} may have been applied" if maybe else f"{what} was not applied"
-        error = copy.copy(self)
-        error.args = (
-            f"{self}; {outcome}: retry with op_id={op_id}, which applies it at most once",
-        )
+        # A copy without calling __init__ (subclasses take keyword-only arguments).
+        error = type(self).__new__(type(self))
+        error.__dict__.update(self.__dict__)
+        error.args = (f"{self}; {outcome}: retry with op_id={op_id} (applied at most once)",)
         error.maybe_applied, error.op_id = maybe, op_id
         return error
 

@@ -144,6 +144,17 @@ class Zen:
                 "outage_journal", "journal_write_refused", data, idempotency_key=key
             )
 
+    async def _resolution_recorded(self, entry: JournalEntry) -> bool:
+        """Whether a refusal of ``entry`` was already recorded (by a replay that died before
+        it noted the entry done): then it is not applied now, when it might succeed."""
+        events = self._replayer(entry.tenant, "events")
+        assert isinstance(events, EventLog)
+        agent_id = entry.args.get("agent_id")
+        key = f"resolution/{entry.op_id}"
+        if isinstance(agent_id, str):
+            return await events.was_published(key, agent_id=agent_id)
+        return await events.was_published(key, stream="outage_journal")
+
     def for_tenant(self, tenant: str) -> Zen:
         """A view of the same deployment bound to another tenant: it shares the pools and
         background tasks; every key it touches lives under that tenant's namespace.
@@ -187,6 +198,7 @@ async def open_zen(settings: Settings | None = None) -> AsyncIterator[Zen]:
         redis.health.add_listener(zen._on_health_event)
         redis.degraded.resolver = zen._replayer
         redis.degraded.on_resolution = zen._record_resolution
+        redis.degraded.resolution_recorded = zen._resolution_recorded
         tasks = {
             "event_trim": zen.events.run(),
             "agents": zen.agents.run(),

@@ -64,6 +64,8 @@ Resolver = Callable[[str, str], Replayable]
 """``(tenant, service)`` → the tenant's service that replays that kind (``cache``, ...)."""
 ResolutionHook = Callable[[JournalEntry, ZenError], Awaitable[None]]
 """Records a journaled write the server refused on replay (an event, for the audit trail)."""
+ResolvedCheck = Callable[[JournalEntry], Awaitable[bool]]
+"""Whether a refusal of a journaled write was already recorded (by an earlier replay)."""
 
 
 class DegradedMode:
@@ -99,6 +101,7 @@ class DegradedMode:
         self._replaying = False
         self.resolver: Resolver | None = None
         self.on_resolution: ResolutionHook | None = None
+        self.resolution_recorded: ResolvedCheck | None = None
         self.resolutions = 0
         self.stale_reads = 0
         if journal.depth:
@@ -252,14 +255,12 @@ class DegradedMode:
                         await anyio.sleep(wait)
                         continue
                     try:
-                        await self._apply(entry)
+                        await self._replay_one(entry)
                     except BackendError as exc:  # still (or again) unreachable: wait, retry
                         log.debug("journal_replay_waiting", op_id=entry.op_id, error=str(exc))
                         await anyio.sleep(max(backoff, self.breaker.retry_in))
                         backoff = min(backoff * 2, _MAX_BACKOFF)
                         continue
-                    except ZenError as exc:
-                        await self._resolve(entry, exc)
                     backoff = _MIN_BACKOFF
                     await self.journal.mark_done(entry)
         finally:
@@ -272,6 +273,37 @@ class DegradedMode:
             )
             self._since = None
             self.breaker.release()
+
+    async def _replay_one(self, entry: JournalEntry) -> None:
+        """Apply ``entry``, or record the server's refusal of it; exactly once either way.
+
+        A refusal recorded by an earlier replay that died before noting the entry done is
+        not applied again (it could succeed now: a refusal leaves no op marker).
+
+        Raises:
+            BackendError: the server could not be reached (nothing is noted: retried).
+        """
+        if self.resolution_recorded is not None and await self.resolution_recorded(entry):
+            log.info("journal_op_already_resolved", kind=entry.kind, op_id=entry.op_id)
+            return
+        try:
+            await self._apply(entry)
+        except BackendError:
+            raise
+        except ZenError as exc:
+            try:
+                await self._resolve(entry, exc)
+            except BackendError:
+                self.resolutions -= 1  # counted again when the retry records it
+                raise
+            except ZenError as record_error:  # the refusal cannot be recorded as an event
+                log.exception(
+                    "journal_resolution_not_recorded",
+                    kind=entry.kind,
+                    op_id=entry.op_id,
+                    refusal=str(exc),
+                    error=str(record_error),
+                )
 
     async def _apply(self, entry: JournalEntry) -> None:
         if self.resolver is None:

@@ -186,6 +186,19 @@ class EventLog:
     def _named(self, name: str) -> StreamRef:
         return StreamRef(name, self._streams, f"{{s:{name}}}", "log")
 
+    async def was_published(
+        self, idempotency_key: str, *, agent_id: str | None = None, stream: str | None = None
+    ) -> bool:
+        """Whether an event was published under ``idempotency_key`` (to the agent's shard
+        stream with ``agent_id``, else to ``stream``) within the idempotency window."""
+        ref = self.agent_stream(validate_agent_id(agent_id)) if agent_id else None
+        if ref is None:
+            if stream is None:
+                raise ValidationError("was_published() needs an agent_id or a stream")
+            ref = self.stream(stream)
+        key = ref.idempotency_key(idempotency_key)
+        return bool(await ref.ks.execute("EXISTS", key))
+
     def agent_stream(self, agent_id: str) -> StreamRef:
         """The shard stream an agent's events go to."""
         return self.stream(shard_stream_name(agent_shard(agent_id, self.shards)))

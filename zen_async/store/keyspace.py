@@ -28,7 +28,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.crc import key_slot
 
-from zen_async.errors import BackendError, DurabilityError, ZenError
+from zen_async.errors import BackendError, DegradedError, DurabilityError, ZenError
 from zen_async.store._errors import RedisFailure, is_outage, map_error, raise_if_cancelling
 from zen_async.store.breaker import CircuitBreaker
 from zen_async.store.scripts import ScriptRegistry
@@ -170,6 +170,22 @@ class CommandRunner:
         """The ZenError for a redis-py exception found in a reply list."""
         return map_error(exc, user=self._user, server=self._server)
 
+    def _admit(self, sent: BackendError | None) -> bool:
+        """The breaker's admission of an attempt (True: the half-open probe).
+
+        Raises:
+            DegradedError: the circuit is open, and no earlier attempt was sent.
+            BackendError: ``sent``, when the circuit opened after an earlier attempt was sent:
+                its outcome is unknown, and "refused without reaching the server" would let a
+                caller journal the write again or check it against a stale view.
+        """
+        try:
+            return self.breaker.before_call()
+        except DegradedError:
+            if sent is not None:
+                raise sent from None
+            raise
+
     async def call(
         self,
         fn: Callable[[], Awaitable[T]],
@@ -184,8 +200,9 @@ class CommandRunner:
             ZenError: the mapped redis-py error.
         """
         attempt = 0
+        sent: BackendError | None = None  # the failure of an attempt that reached the wire
         while True:
-            probe = self.breaker.before_call()
+            probe = self._admit(sent)
             try:
                 if self._bound is None:
                     result = await fn()
@@ -211,6 +228,7 @@ class CommandRunner:
                     and error.retryable
                     and attempt < self._retries
                 ):
+                    sent = error
                     await asyncio.sleep(_backoff(attempt))
                     attempt += 1
                     continue
