@@ -11,7 +11,7 @@ LOCK := requirements
 # pip reads this machine's own configuration (on CI machines: a local wheel of torch's CPU build).
 PIP := $(BIN)/python -m pip install --quiet --require-hashes
 
-.PHONY: help venv run health demo test test-latest lint typecheck unit bench reliability lock clean
+.PHONY: help venv run health demo test test-latest lint typecheck unit bench reliability soak lock clean
 
 help:
 	@echo "make run    - the MCP server over HTTP on the embedded server (sets up .venv first)"
@@ -22,6 +22,7 @@ help:
 	@echo "make demo   - 1000 simulated agents through full lifecycles, with invariant checks"
 	@echo "              (configured or embedded server; DEMO_ARGS='--agents 200' to change)"
 	@echo "make reliability - the faults under a 1000-agent load; refreshes docs/reliability.md"
+	@echo "make soak   - the randomized outage checker over SEEDS=500 seeds (about 1.7 h)"
 	@echo "make bench  - every module in benchmarks/: results, summary, plots"
 	@echo "              (BENCH_ARGS='--quick' for a smoke run, '--only core,agents', '--write-readme')"
 
@@ -81,6 +82,13 @@ lock: $(STAMP)
 	$(UV_COMPILE) --universal --extra bench -o $(LOCK)/bench.txt
 	$(UV_COMPILE) --extra dev --extra embeddings --python-platform x86_64-manylinux_2_28 \
 		--find-links /opt/wheels -c $(LOCK)/torch-cpu.txt -o $(LOCK)/embeddings.txt
+
+# The randomized outage checker over more seeds than CI's fixed set (SEEDS=500: standalone
+# seeds 1-500 and Sentinel seeds 1-20, about 1.7 h on 2 cores); WRITE_RELIABILITY_DOCS=1 also
+# refreshes its table in docs/reliability.md.
+SEEDS ?= 500
+soak: $(STAMP)
+	ZEN_SOAK_SEEDS=$(SEEDS) $(BIN)/pytest -q -p no:cacheprovider tests/faults/test_outage_checker.py
 
 # The failover-under-load fault tests, writing their table into docs/reliability.md.
 reliability: $(STAMP)

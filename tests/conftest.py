@@ -21,9 +21,10 @@ from zen_async.testing.deployments import TOPOLOGIES, Deployments, Target
 # Library logs go to stderr as JSON lines, as in production (stdout may be a protocol wire).
 configure_logging("debug", cache=False)  # uncached: capture_logs() must see events
 
-# Tests build their Settings explicitly; nothing from the developer's shell may leak in.
+# Tests build their Settings explicitly; nothing from the developer's shell may leak in
+# (except ZEN_SOAK_SEEDS, which steers only how many seeds the outage checker runs).
 for _name in list(os.environ):
-    if _name.startswith(("REDIS_", "ZEN_")):
+    if _name.startswith(("REDIS_", "ZEN_")) and _name != "ZEN_SOAK_SEEDS":
         del os.environ[_name]
 
 

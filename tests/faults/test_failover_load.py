@@ -54,6 +54,10 @@ REPLICATED: dict[str, Any] = {"redis_durability": "replicated", "redis_durabilit
 CALL_BOUND = 2.0 + 4 * (0.5 + 1.0) + 5.0
 
 
+OUTAGE_CHECKER_HEADING = "## Randomized outage checker"
+"""Where the outage checker's section of docs/reliability.md starts (it writes that part)."""
+
+
 @pytest.fixture(autouse=True)
 def collect_dropped_connections() -> Iterator[None]:
     """Finalize what a failover dropped while this module's warning filters apply."""
@@ -79,7 +83,13 @@ def reliability_table() -> Iterator[None]:
     write_docs = os.environ.get("WRITE_RELIABILITY_DOCS") == "1"
     out = ROOT / ("docs" if write_docs else "build") / "reliability.md"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(render_reliability(REPORTS, header=header), encoding="utf-8")
+    # Keep what other generators own (the outage checker's section, from its heading on).
+    kept = ""
+    if out.exists():
+        text = out.read_text(encoding="utf-8")
+        at = text.find(OUTAGE_CHECKER_HEADING)
+        kept = "" if at < 0 else "\n" + text[at:]
+    out.write_text(render_reliability(REPORTS, header=header) + kept, encoding="utf-8")
 
 
 def check(report: LoadReport) -> None:
