@@ -37,7 +37,8 @@ twice), ``work`` (``ready -> running -> ready``) and ``park`` (every 4th agent t
 ``paused``). Each run uses a tenant of its own, deleted after its checks: ``count_by_state``
 totals equal to what the processes did (7,500 ready, 2,500 paused), every agent's stored
 state equal to the state its process left it in, and every agent holding exactly one port
-lease, no port leased twice and the allocator's ``in_use`` equal to the number of agents.
+lease, no port leased twice and the allocator's ``in_use`` less the outage reserves equal to
+the number of agents.
 
 The agents are created with one-hour liveness and port leases (as in the agents module), so
 that the reaper never reaps one mid-run. Each process has a pool of as many connections as
@@ -732,7 +733,7 @@ async def _verify(
     ports_ok = (
         not shared
         and not not_one
-        and stats.in_use == agents
+        and stats.in_use - stats.reserved - stats.quarantined == agents  # outage reserves apart
         and len(set(handed_out)) == len(handed_out) == agents
     )
     return [
@@ -752,15 +753,18 @@ async def _verify(
             ports_ok,
             f"{len(handed_out):,} leases handed out ({len(set(handed_out)):,} distinct ports); "
             f"server: {len(held):,} ports held, {len(shared)} shared, {not_one} agents without "
-            f"exactly one lease, in_use {stats.in_use:,}",
+            f"exactly one lease, in_use {stats.in_use:,} ({stats.reserved:,} in outage reserves)",
         ),
     ]
 
 
 async def _drop_cluster_tenant(cluster: ClusterGroup, tenant: str) -> None:
+    """Drop the run's keys: its tenant's, and the host-wide port keys (ports belong to the
+    host, shared by tenants: on this private cluster only the runs hold any)."""
     client = cluster_client(cluster)
     try:
         keys = [k async for k in client.scan_iter(match=f"zen:t:{tenant}:*", count=1000)]
+        keys += [k async for k in client.scan_iter(match="zen:hosts:*", count=1000)]
         for i in range(0, len(keys), 1000):
             pipe = client.pipeline()
             for key in keys[i : i + 1000]:
