@@ -19,6 +19,7 @@ import pytest
 from zen_async import (
     BackendError,
     CapacityError,
+    DurabilityError,
     Zen,
     open_zen,
 )
@@ -242,3 +243,46 @@ async def test_a_write_that_failed_mid_call_names_its_op_id_and_a_retry_applies_
             ]
     finally:
         await anyio.to_thread.run_sync(group.stop)
+
+
+async def test_a_retry_refused_by_the_breaker_reports_the_sent_attempt_not_a_refusal(
+    tmp_path: Path,
+) -> None:
+    """Found by the outage checker: the first attempt reached a frozen server and timed out,
+    the runner's retry met the breaker it had just opened and raised DegradedError ("refused
+    without reaching the server"), and degraded mode refused the write offline while the
+    server applied it on resume. The caller must learn that it may have been applied."""
+    group = Standalone("redis", base_dir=tmp_path)
+    await anyio.to_thread.run_sync(group.start)
+    settings = settings_for(
+        group,
+        redis_socket_timeout=0.3,
+        redis_connect_timeout=0.3,
+        redis_retry_attempts=2,
+        redis_breaker_failure_threshold=1,
+        redis_breaker_reset_timeout=5.0,
+    )
+    try:
+        async with open_zen(settings) as zen:
+            agents = zen.agents
+            await agents.create_agent("worker", agent_id="s")
+            await agents.transition("s", "ready")
+            group.server.pause()
+            try:
+                with pytest.raises(BackendError) as info:
+                    await agents.transition("s", "running", op_id="sent-1")
+            finally:
+                group.server.resume()
+            assert info.value.op_id == "sent-1"
+            assert info.value.maybe_applied, str(info.value)
+    finally:
+        await anyio.to_thread.run_sync(group.stop)
+
+
+def test_a_durability_error_names_its_op_id_and_that_it_was_applied() -> None:
+    """Found by the outage checker: with_op raised TypeError for DurabilityError."""
+    error = DurabilityError(acknowledged=0, required=1, timeout_ms=500, what="this write")
+    named = error.with_op("d-1", what="this transition")
+    assert isinstance(named, DurabilityError)
+    assert (named.op_id, named.maybe_applied, named.required) == ("d-1", True, 1)
+    assert "retry with op_id=d-1" in str(named)
