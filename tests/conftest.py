@@ -22,9 +22,13 @@ from zen_async.testing.deployments import TOPOLOGIES, Deployments, Target
 configure_logging("debug", cache=False)  # uncached: capture_logs() must see events
 
 # Tests build their Settings explicitly; nothing from the developer's shell may leak in
-# (except ZEN_SOAK_SEEDS, which steers only how many seeds the outage checker runs).
+# (except ZEN_SOAK_SEEDS and ZEN_FUZZ_EXAMPLES: how many seeds or examples the outage
+# checker and the MCP fuzzer run).
 for _name in list(os.environ):
-    if _name.startswith(("REDIS_", "ZEN_")) and _name != "ZEN_SOAK_SEEDS":
+    if _name.startswith(("REDIS_", "ZEN_")) and _name not in (
+        "ZEN_SOAK_SEEDS",
+        "ZEN_FUZZ_EXAMPLES",
+    ):
         del os.environ[_name]
 
 

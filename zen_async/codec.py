@@ -84,6 +84,7 @@ class Codec:
         if limit is not None:
             check_size(len(payload), limit, what)
         refuse_non_finite(value, payload, what)
+        refuse_too_deep(value, payload, what)
         return self._pack(payload, JSON, JSON_ZLIB)
 
     def _pack(self, payload: bytes, plain: int, compressed: int) -> bytes:
@@ -137,6 +138,7 @@ def dump_json(value: Any, *, what: str, limit: int | None = None) -> bytes:
     if limit is not None:
         check_size(len(payload), limit, what)
     refuse_non_finite(value, payload, what)
+    refuse_too_deep(value, payload, what)
     return payload
 
 
@@ -151,6 +153,38 @@ def check_size(size: int, limit: int, what: str) -> None:
             f"{what} takes {size} bytes as JSON; at most {limit} are accepted "
             "(REDIS_MAX_VALUE_BYTES)"
         )
+
+
+MAX_JSON_DEPTH: Final = 64
+"""How deeply a stored JSON document may nest. MCP clients' JSON parsers stop near 200 levels
+and an answer wraps a document in a few more: a deeper stored document would make every
+answer holding it unreadable (one agent's metadata would break agent_list for its tenant)."""
+
+
+def refuse_too_deep(value: Any, payload: bytes, what: str) -> None:
+    """Refuse ``value`` when it nests more than :data:`MAX_JSON_DEPTH` levels; a payload
+    with fewer brackets than that cannot, so most values are never walked.
+
+    Raises:
+        ValidationError: naming the limit.
+    """
+    if payload.count(b"[") + payload.count(b"{") <= MAX_JSON_DEPTH:
+        return
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise ValidationError(
+                f"{what} is nested more than {MAX_JSON_DEPTH} levels deep: at most "
+                f"{MAX_JSON_DEPTH} are accepted"
+            )
+        stack.extend((child, depth + 1) for child in children)
 
 
 def refuse_non_finite(value: Any, payload: bytes, what: str) -> None:

@@ -66,7 +66,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from zen_async.agents.models import AGENT_TYPE, validate_agent_type
 from zen_async.agents.ports import PortLease
-from zen_async.codec import Codec, refuse_non_finite
+from zen_async.codec import Codec, refuse_non_finite, refuse_too_deep
 from zen_async.errors import (
     ConflictError,
     InvalidTransitionError,
@@ -1012,6 +1012,7 @@ def _encode_payload(value: Any, what: str, codec: Codec) -> bytes:
             f"{what} is {len(payload)} bytes as JSON: at most {MAX_PAYLOAD_BYTES} are accepted"
         )
     refuse_non_finite(value, payload, what)  # orjson would store NaN and infinity as null
+    refuse_too_deep(value, payload, what)
     return codec.encode(orjson.Fragment(payload))
 
 

@@ -491,7 +491,7 @@ class EventLog:
             ref = self.stream(stream)
             key, name, wanted = ref.key, ref.name, agent_id
         start = _range_start(since, from_id)
-        end = "+" if until is None else f"{int(until.timestamp() * 1000)}-{_MAX_SEQ}"
+        end = "+" if until is None else f"{_epoch_ms(until)}-{_MAX_SEQ}"
         while True:
             page = await ref.ks.execute("XRANGE", key, start, end, "COUNT", page_size)
             for entry_id, fields in page:
@@ -635,13 +635,19 @@ def _range_start(since: datetime | None, from_id: str | None) -> str:
             raise ValidationError(f"event id {from_id!r} is invalid: expected '<ms>-<seq>'")
         start = "(" + from_id
         if since is not None:
-            since_id = f"{int(since.timestamp() * 1000)}-0"
+            since_id = f"{_epoch_ms(since)}-0"
             if _id_key(since_id) > _id_key(from_id):
                 return since_id
         return start
     if since is not None:
-        return f"{int(since.timestamp() * 1000)}-0"
+        return f"{_epoch_ms(since)}-0"
     return "-"
+
+
+def _epoch_ms(moment: datetime) -> int:
+    """``moment`` as milliseconds since the epoch, 0 for anything earlier (no stream entry
+    is older; a negative id is not a valid stream id)."""
+    return max(0, int(moment.timestamp() * 1000))
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

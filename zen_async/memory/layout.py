@@ -43,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from zen_async.codec import Codec, encode_vector
+from zen_async.codec import Codec, encode_vector, refuse_too_deep
 from zen_async.errors import ValidationError
 from zen_async.events.envelope import validate_agent_id
 from zen_async.memory.models import (
@@ -221,6 +221,7 @@ def encode_doc(
         raise ValidationError(
             f"memory content or metadata is not JSON-serialisable: {exc}"
         ) from exc
+    refuse_too_deep({"c": content, "m": metadata or {}}, payload, "memory content or metadata")
     if len(payload) > limit:
         raise ValidationError(
             f"memory content and metadata take {len(payload)} bytes as JSON; at most {limit} "
