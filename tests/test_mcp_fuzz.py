@@ -535,23 +535,7 @@ def too_deep_in(names: tuple[str, ...]) -> Callable[[Call], bool]:
     )
 
 
-KNOWN_BUGS: Final = (
-    KnownBug(
-        "agent_create",
-        "test_lone_surrogates_get_a_validation_error",
-        lambda call: has_surrogate(call.arguments.get("capabilities")),
-    ),
-    KnownBug(
-        "agent_transition",
-        "test_lone_surrogates_get_a_validation_error",
-        lambda call: has_surrogate(call.arguments.get("reason")),
-    ),
-    KnownBug(
-        "metrics_query",
-        "test_lone_surrogates_get_a_validation_error",
-        lambda call: has_surrogate(call.arguments.get("tags")),
-    ),
-)
+KNOWN_BUGS: Final[tuple[KnownBug, ...]] = ()
 """A call matching one of these is not sent, only counted ("known bug, not sent"): its
 regression test sends it, and a stored one may break the tenant for every later check.
 Remove an entry when its test passes."""
@@ -798,15 +782,6 @@ async def test_events_replay_before_1970(standalone: Target, arguments: Argument
         outcome_of("events_replay", text_of(answer))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a lone surrogate in these arguments escapes as a non-zen exception, the client "
-    "gets the bare 'Error executing tool <tool>': agent_create capabilities "
-    "(agents/_records.py spec_doc: PydanticSerializationError from model_dump_json), "
-    "agent_transition reason (redis-py pack_command: UnicodeEncodeError), metrics_query tag "
-    "values (metrics/series.py canonical: orjson TypeError)",
-)
 @pytest.mark.parametrize(
     ("tool", "arguments"),
     [

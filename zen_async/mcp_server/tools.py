@@ -137,11 +137,38 @@ def _zen_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
+            _refuse_lone_surrogates(kwargs)
             return await fn(*args, **kwargs)
         except ZenError as exc:
             raise ToolError(f"{type(exc).__name__}: {exc}") from exc
 
     return wrapper
+
+
+def _refuse_lone_surrogates(arguments: dict[str, object]) -> None:
+    """Refuse a string no UTF-8 can carry (a lone surrogate: only an in-process client can
+    send one), before any tool stores or sends it.
+
+    Raises:
+        ValidationError: naming the argument.
+    """
+    stack: list[tuple[str, object]] = list(arguments.items())
+    while stack:
+        name, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValidationError(
+                    f"{name} holds a lone surrogate, which is not valid Unicode text"
+                ) from None
+        elif isinstance(value, dict):
+            stack.extend((f"{name}.{k}", v) for k, v in value.items())
+            stack.extend((f"{name} (a key)", k) for k in value if isinstance(k, str))
+        elif isinstance(value, list | tuple):
+            stack.extend((f"{name}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, BaseModel):  # an argument the SDK validated into a model
+            stack.extend((f"{name}.{k}", v) for k, v in value.__dict__.items())
 
 
 def _port_range(start: int | None, end: int | None) -> tuple[int, int] | None:
