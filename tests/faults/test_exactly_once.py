@@ -33,17 +33,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 T = TypeVar("T")
 
 
-def degraded_settings(group: Standalone, **extra: Any) -> Any:
-    return settings_for(
-        group,
-        redis_socket_timeout=0.3,
-        redis_connect_timeout=0.3,
-        redis_retry_attempts=0,
-        redis_breaker_failure_threshold=1,
-        redis_breaker_reset_timeout=0.2,
-        redis_health_check_interval=0.2,
-        **extra,
-    )
+def degraded_settings(group: Standalone, **overrides: Any) -> Any:
+    """Short timeouts, no retries, a breaker that opens at the first failure: ``overrides``
+    change any of them."""
+    values: dict[str, Any] = {
+        "redis_socket_timeout": 0.3,
+        "redis_connect_timeout": 0.3,
+        "redis_retry_attempts": 0,
+        "redis_breaker_failure_threshold": 1,
+        "redis_breaker_reset_timeout": 0.2,
+        "redis_health_check_interval": 0.2,
+    }
+    return settings_for(group, **{**values, **overrides})
 
 
 async def acknowledged(call: Callable[[str | None], Awaitable[T]]) -> T:
@@ -207,13 +208,7 @@ async def test_a_write_that_failed_mid_call_names_its_op_id_and_a_retry_applies_
     the error says it may have been applied and names the op id; retrying with it is safe."""
     group = Standalone("redis", base_dir=tmp_path)
     await anyio.to_thread.run_sync(group.start)
-    settings = settings_for(
-        group,
-        redis_socket_timeout=0.3,
-        redis_connect_timeout=0.3,
-        redis_retry_attempts=0,
-        redis_breaker_failure_threshold=100,
-    )
+    settings = degraded_settings(group, redis_breaker_failure_threshold=100)
     try:
         async with open_zen(settings) as zen:
             agents = zen.agents
@@ -254,14 +249,7 @@ async def test_a_retry_refused_by_the_breaker_reports_the_sent_attempt_not_a_ref
     server applied it on resume. The caller must learn that it may have been applied."""
     group = Standalone("redis", base_dir=tmp_path)
     await anyio.to_thread.run_sync(group.start)
-    settings = settings_for(
-        group,
-        redis_socket_timeout=0.3,
-        redis_connect_timeout=0.3,
-        redis_retry_attempts=2,
-        redis_breaker_failure_threshold=1,
-        redis_breaker_reset_timeout=5.0,
-    )
+    settings = degraded_settings(group, redis_retry_attempts=2, redis_breaker_reset_timeout=5.0)
     try:
         async with open_zen(settings) as zen:
             agents = zen.agents
