@@ -255,12 +255,10 @@ class ConversationStore:
         known = self._redis.degraded.recall(self._count_key(tid))
         if not isinstance(known, int):
             return  # never seen here: the server checks it on replay
-        waiting = sum(
-            1
-            for e in self._redis.degraded.journal.pending()
-            if e.kind == "conversations.add_turn"
-            and e.tenant == self._ks.tenant
-            and e.args.get("thread_id") == tid
+        waiting = len(
+            self._redis.degraded.journal.pending_for(
+                _TURN_WRITES, self._ks.tenant, "thread_id", tid
+            )
         )
         if known + waiting >= self._max_turns:
             raise CapacityError(
@@ -477,6 +475,9 @@ class ConversationStore:
                 await self._ks.execute("ZREM", self._index, *dead, idempotent=True)
         except ZenError as exc:
             log.warning("conversation_index_prune_failed", error=str(exc))
+
+
+_TURN_WRITES: Final = frozenset({"conversations.add_turn"})
 
 
 def _check_thread_id(value: object, *, what: str = "thread_id") -> str:

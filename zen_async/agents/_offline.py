@@ -57,11 +57,7 @@ def known_key(tenant: str, agent_id: str) -> Hashable:
 
 
 def _pending(degraded: DegradedMode, tenant: str, agent_id: str) -> list[JournalEntry]:
-    return [
-        e
-        for e in degraded.journal.pending()
-        if e.kind in AGENT_WRITES and e.tenant == tenant and e.args.get("agent_id") == agent_id
-    ]
+    return degraded.journal.pending_for(AGENT_WRITES, tenant, "agent_id", agent_id)
 
 
 def apply_entry(record: AgentRecord, entry: JournalEntry) -> AgentRecord:

@@ -162,6 +162,17 @@ class OutageJournal:
         """Every pending write, oldest first."""
         return list(self._pending.values())
 
+    def pending_for(
+        self, kinds: frozenset[str], tenant: str, arg: str, value: object
+    ) -> list[JournalEntry]:
+        """The pending writes of ``kinds`` in ``tenant`` whose argument ``arg`` is ``value``
+        (one entity's journaled writes), oldest first."""
+        return [
+            e
+            for e in self._pending.values()
+            if e.kind in kinds and e.tenant == tenant and e.args.get(arg) == value
+        ]
+
     async def append(
         self, kind: str, tenant: str, args: dict[str, Any], *, op_id: str | None = None
     ) -> JournalEntry:
