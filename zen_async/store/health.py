@@ -217,8 +217,12 @@ class HealthMonitor:
             average_latency_ms=round(average, 3),
             errors=errors,
         )
+        if master is not None:
+            # What the sentinels named, even when the pings were refused (a breaker opened
+            # by the failover itself): it is their answer, not the master's.
+            report.sentinel = self._sentinel_facts(master)
         if report.available:
-            await self._server_facts(report, master)
+            await self._server_facts(report)
         if self.active_agents_source is not None and report.available:
             try:
                 report.active_agents = await self.active_agents_source()
@@ -248,7 +252,7 @@ class HealthMonitor:
         else:
             self._latency_high_since = None
 
-    async def _server_facts(self, report: HealthReport, master: tuple[str, int] | None) -> None:
+    async def _server_facts(self, report: HealthReport) -> None:
         ks = self._keyspaces["state"]
         try:
             info = await self._info(ks, "server")
@@ -265,8 +269,6 @@ class HealthMonitor:
             }
             if self._backend.topology == "cluster":
                 report.cluster = await self._cluster_facts(ks)
-            elif self._backend.topology == "sentinel" and master is not None:
-                report.sentinel = self._sentinel_facts(master)
         except ZenError as exc:
             report.errors.append(f"server facts: {exc}")
 
