@@ -42,6 +42,9 @@ _ACCEPTED: dict[str, str] = {
     "redis_port": "an integer TCP port from 1 to 65535",
     "redis_max_connections": "an integer >= 1",
     "redis_pipeline_batch_size": "an integer >= 1",
+    "redis_transport": "'multiplexed' (shared connections, auto-pipelined) or 'pool'",
+    "redis_mux_connections": "an integer from 1 to 64",
+    "redis_mux_max_in_flight": "an integer from 1 to 1000000",
     "redis_port_range_start": "an integer TCP port from 1 to 65535",
     "redis_port_range_end": "an integer from 2 to 65536 (exclusive: the first port past the range)",
     "redis_db_layout": "'databases' or 'prefixed'",
@@ -193,6 +196,16 @@ class Settings(BaseSettings):
     redis_sentinel_nodes: str = ""
     redis_master_name: str | None = None
     redis_max_connections: int = Field(50, ge=1)
+    """Connections per pool (per node on Cluster) for what keeps a dedicated connection:
+    blocking reads, pub/sub, WATCH/MULTI, and every command with REDIS_TRANSPORT=pool."""
+    redis_transport: Literal["multiplexed", "pool"] = "multiplexed"
+    """'multiplexed': non-blocking commands and scripts share a few long-lived connections
+    per node, every command of one event-loop iteration in one write (store/mux.py);
+    'pool': each command borrows a connection from redis-py's pool (the former path)."""
+    redis_mux_connections: int = Field(2, ge=1, le=64)
+    """Multiplexed connections per node and DB (and as many for replicated writes)."""
+    redis_mux_max_in_flight: int = Field(10_000, ge=1, le=1_000_000)
+    """Commands queued or unanswered per multiplexed connection before callers wait."""
     redis_enable_pipelining: bool = True
     redis_pipeline_batch_size: int = Field(500, ge=1)
     redis_enable_metrics: bool = True

@@ -31,12 +31,16 @@ from redis.crc import key_slot
 from zen_async.errors import BackendError, DegradedError, DurabilityError, ZenError
 from zen_async.store._errors import RedisFailure, is_outage, map_error, raise_if_cancelling
 from zen_async.store.breaker import CircuitBreaker
+from zen_async.store.mux import ClusterMux, NodeMux, Waited
 from zen_async.store.scripts import ScriptRegistry
 
 __all__ = ["Arg", "CommandRunner", "Durability", "Keyspace"]
 
 Arg = str | bytes | int | float
 """One argument of a Redis command."""
+
+Route = NodeMux | ClusterMux
+"""The multiplexed path of a keyspace (REDIS_TRANSPORT=multiplexed)."""
 
 T = TypeVar("T")
 
@@ -147,7 +151,7 @@ class CommandRunner:
         server: where the deployment is, named in outage errors (``Settings.server_label``).
     """
 
-    __slots__ = ("_bound", "_retries", "_server", "_user", "breaker", "durability")
+    __slots__ = ("_bound", "_counted", "_retries", "_server", "_user", "breaker", "durability")
 
     def __init__(
         self,
@@ -165,6 +169,7 @@ class CommandRunner:
         self._user = user
         self._bound = bound
         self.durability = durability
+        self._counted: BaseException | None = None
 
     def map(self, exc: Exception) -> ZenError:
         """The ZenError for a redis-py exception found in a reply list."""
@@ -192,8 +197,13 @@ class CommandRunner:
         *,
         idempotent: bool,
         on_noscript: Callable[[], Awaitable[T]] | None = None,
+        bounded: bool = True,
     ) -> T:
         """Await ``fn()`` under the breaker, retrying retryable failures if ``idempotent``.
+
+        ``bounded=False`` skips the Cluster concurrency bound (the multiplexed path has
+        its own). One exception shared by many calls (a multiplexed connection lost with
+        its commands in flight) counts as one breaker failure.
 
         Raises:
             DegradedError: the circuit is open.
@@ -204,7 +214,7 @@ class CommandRunner:
         while True:
             probe = self._admit(sent)
             try:
-                if self._bound is None:
+                if self._bound is None or not bounded:
                     result = await fn()
                 else:
                     async with self._bound:
@@ -218,7 +228,8 @@ class CommandRunner:
             except RedisFailure as exc:
                 raise_if_cancelling()
                 error = map_error(exc, user=self._user, server=self._server)
-                if is_outage(exc):
+                if is_outage(exc) and (exc is not self._counted or probe):
+                    self._counted = exc
                     self.breaker.record_failure(probe=probe, error=str(error))
                 elif probe:
                     self.breaker.release_probe()
@@ -269,6 +280,7 @@ class Keyspace:
 
     __slots__ = (
         "_client",
+        "_route",
         "_runner",
         "_scripts",
         "_settings",
@@ -291,6 +303,7 @@ class Keyspace:
         scripts: ScriptRegistry,
         pipelining: bool,
         batch_size: int,
+        route: Route | None = None,
     ) -> None:
         self.name = name
         self.tenant = tenant
@@ -298,6 +311,7 @@ class Keyspace:
         self.prefix = f"zen:t:{tenant}:{name}:" if prefixed else f"zen:t:{tenant}:"
         self.cluster = isinstance(client, RedisCluster)
         self._client = client
+        self._route = route
         self._runner = runner
         self._scripts = scripts
         self._settings = (pipelining, batch_size, prefixed)
@@ -315,6 +329,7 @@ class Keyspace:
             scripts=self._scripts,
             pipelining=pipelining,
             batch_size=batch_size,
+            route=self._route,
         )
 
     def key(self, *parts: str | int) -> str:
@@ -352,6 +367,13 @@ class Keyspace:
         durability = self._runner.durability
         if durability is not None and name not in _NO_WAIT:
             return await self._durable_call(args, None, idempotent=idempotent, what=name)
+        route = self._route
+        slot = None if route is None else route.slot(args)
+        if route is not None and slot is not None:
+            mux_options = _reply_options(args) or None
+            return await self._runner.call(
+                lambda: route.call(args, mux_options, slot), idempotent=idempotent, bounded=False
+            )
         client = self._client
         options = _reply_options(args)
         return await self._runner.call(
@@ -475,9 +497,11 @@ class Keyspace:
             if any(writes):
                 return await self._durable_pipeline(chunk, writes, idempotent=idempotent)
         replies = await self._runner.call(
-            lambda: self._send_pipeline(client, chunk), idempotent=idempotent
+            lambda: self._send_pipeline(client, chunk),
+            idempotent=idempotent,
+            bounded=self._routes(chunk) is None,
         )
-        return [map_error(r) if isinstance(r, RedisFailure) else r for r in replies]
+        return [self._runner.map(r) if isinstance(r, RedisFailure) else r for r in replies]
 
     def _by_slot(self, keys: Iterable[str]) -> dict[int, list[str]]:
         if not self.cluster:
@@ -522,6 +546,18 @@ class Keyspace:
                 ("EVAL", script.source, n, *keys, *args),
                 idempotent=idempotent,
                 what=f"script {name}",
+            )
+        route = self._route
+        evalsha = ("EVALSHA", script.sha, n, *keys, *args)
+        slot = None if route is None else route.slot(evalsha)
+        if route is not None and slot is not None:
+            return await self._runner.call(
+                lambda: route.call(evalsha, None, slot),
+                idempotent=idempotent,
+                on_noscript=lambda: route.call(
+                    ("EVAL", script.source, n, *keys, *args), None, slot
+                ),
+                bounded=False,
             )
         return await self._runner.call(
             lambda: client.execute_command("EVALSHA", script.sha, n, *keys, *args),
@@ -574,14 +610,16 @@ class Keyspace:
                 )
             else:
                 raw = await self._runner.call(
-                    functools.partial(self._send_pipeline, client, chunk), idempotent=idempotent
+                    functools.partial(self._send_pipeline, client, chunk),
+                    idempotent=idempotent,
+                    bounded=self._routes(chunk) is None,
                 )
             for i, outcome in enumerate(raw):
                 if isinstance(outcome, rx.NoScriptError):  # this node lacks the script: EVAL
                     keys, args = calls[start + i]
                     replies.append(await self._script_call(name, keys, args, idempotent or None))
                 elif isinstance(outcome, RedisFailure):
-                    replies.append(map_error(outcome))
+                    replies.append(self._runner.map(outcome))
                 else:
                     replies.append(outcome)  # a reply, or a ZenError from the durable path
         if raise_on_error:
@@ -598,10 +636,30 @@ class Keyspace:
         except ZenError as exc:
             return exc
 
-    @staticmethod
+    def _routes(self, commands: Sequence[Sequence[Arg]]) -> list[int] | None:
+        """Each command's slot on the multiplexed path, or None when one of them keeps
+        redis-py's path (the batch then goes there whole)."""
+        route = self._route
+        if route is None:
+            return None
+        slots: list[int] = []
+        for command in commands:
+            slot = route.slot(command)
+            if slot is None:
+                return None
+            slots.append(slot)
+        return slots
+
     async def _send_pipeline(
-        client: Redis | RedisCluster, commands: Sequence[Sequence[Arg]]
+        self, client: Redis | RedisCluster, commands: Sequence[Sequence[Arg]]
     ) -> list[Any]:
+        """Send ``commands`` in one request: their replies, an exception in a failed one's
+        place (multiplexed when the path can carry every one, else a redis-py pipeline)."""
+        slots = self._routes(commands)
+        if slots is not None:
+            assert self._route is not None
+            options = [_reply_options(c) or None for c in commands]
+            return await self._route.call_many(commands, options, slots)
         pipe = client.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command, **_reply_options(command))
@@ -629,7 +687,7 @@ class Keyspace:
         client = self._client
 
         async def send(cmd: Sequence[Arg]) -> tuple[Any, int]:
-            replies, acks = await _send_and_wait(client, [cmd], [True], durability)
+            replies, acks = await self._send_and_wait(client, [cmd], [True], durability)
             reply, ack = replies[0], acks[0]
             if isinstance(reply, Exception):
                 raise reply  # the runner maps it (and answers NOSCRIPT with the fallback)
@@ -641,6 +699,7 @@ class Keyspace:
             lambda: send(command),
             idempotent=idempotent,
             on_noscript=None if fallback is None else (lambda: send(fallback)),
+            bounded=self._routes([command]) is None,
         )
         if acked < durability.replicas:
             raise DurabilityError(
@@ -669,7 +728,9 @@ class Keyspace:
         assert durability is not None
         client = self._client
         replies, acks = await self._runner.call(
-            lambda: _send_and_wait(client, chunk, writes, durability), idempotent=idempotent
+            lambda: self._send_and_wait(client, chunk, writes, durability),
+            idempotent=idempotent,
+            bounded=self._routes(chunk) is None,
         )
         out: list[Any] = []
         for command, reply, ack, write in zip(chunk, replies, acks, writes, strict=True):
@@ -693,6 +754,33 @@ class Keyspace:
             else:
                 out.append(reply)
         return out
+
+    async def _send_and_wait(
+        self,
+        client: Redis | RedisCluster,
+        commands: Sequence[Sequence[Arg]],
+        writes: Sequence[bool],
+        durability: Durability,
+    ) -> tuple[list[Any], list[Any]]:
+        """:func:`_send_and_wait`, on the multiplexed path when it carries every command:
+        there the commands go on a connection for durable writes, and one WAIT behind each
+        write to the socket covers them and the other callers' writes sent with them."""
+        slots = self._routes(commands)
+        if slots is None:
+            return await _send_and_wait(client, commands, writes, durability)
+        assert self._route is not None
+        options = [_reply_options(c) or None for c in commands]
+        waited = await self._route.call_many(commands, options, slots, durable=True)
+        replies: list[Any] = []
+        acks: list[Any] = []
+        for outcome in waited:
+            if isinstance(outcome, Waited):
+                replies.append(outcome.reply)
+                acks.append(outcome.acks)
+            else:  # not answered: the connection was lost, or the command redirected
+                replies.append(outcome)
+                acks.append(0)
+        return replies, acks
 
 
 @functools.cache

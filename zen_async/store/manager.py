@@ -137,6 +137,7 @@ class RedisManager:
                 scripts=scripts,
                 pipelining=settings.redis_enable_pipelining,
                 batch_size=settings.redis_pipeline_batch_size,
+                route=backend.routes.get(name),
             )
             for name in KEYSPACES
         }

@@ -54,6 +54,7 @@ from redis.exceptions import NoPermissionError
 from zen_async.config import Address, Settings, Topology
 from zen_async.errors import ConfigError, ConfigProblem
 from zen_async.store._errors import SentinelAuthFailure
+from zen_async.store.mux import ClusterMux, NodeMux
 
 __all__ = ["KEYSPACES", "Backend", "build_backend", "driver_info", "tls_context"]
 
@@ -189,6 +190,8 @@ class Backend:
     bound: asyncio.Semaphore | None = None
     """Concurrency bound in front of a cluster client (None elsewhere)."""
     max_connections: int = 0
+    routes: dict[str, NodeMux | ClusterMux] = field(default_factory=dict)
+    """The multiplexed path of each keyspace (REDIS_TRANSPORT=multiplexed; else empty)."""
     _closed: bool = field(default=False, repr=False)
 
     def distinct_clients(self) -> list[tuple[str, Redis | RedisCluster]]:
@@ -212,7 +215,29 @@ class Backend:
             pool = client.connection_pool if isinstance(client, Redis) else None
             if isinstance(pool, BlockingSentinelConnectionPool):
                 await pool.follow(master)
+        for route in self.distinct_routes():
+            if isinstance(route, NodeMux):
+                route.follow(master)
         return master
+
+    def distinct_routes(self) -> list[NodeMux | ClusterMux]:
+        """Each multiplexed path once (keyspaces on one DB share one)."""
+        return list({id(route): route for route in self.routes.values()}.values())
+
+    def mux_usage(self) -> dict[str, dict[str, int]]:
+        """Open multiplexed connections and commands in flight on them, per keyspace (the
+        first one using each) or, on Cluster, per node."""
+        usage: dict[str, dict[str, int]] = {}
+        seen: set[int] = set()
+        for name, route in self.routes.items():
+            if id(route) in seen:
+                continue
+            seen.add(id(route))
+            if isinstance(route, ClusterMux):
+                usage.update(route.usage())
+            else:
+                usage[name] = route.usage()
+        return usage
 
     def pool_usage(self) -> dict[str, dict[str, int]]:
         """Connections in use and idle per pool (per cluster node on Cluster)."""
@@ -245,6 +270,8 @@ class Backend:
         if self._closed:
             return
         self._closed = True
+        for route in self.distinct_routes():
+            await route.aclose()
         for _, client in self.distinct_clients():
             if isinstance(client, Redis):
                 # A client handed a pool does not own it: close the pool explicitly.
@@ -407,17 +434,57 @@ def build_backend(
     dbs = _keyspace_dbs(settings)
     topology = settings.topology
     if topology == "cluster":
-        return _build_cluster(settings, dbs, driver, tls)
-    if topology == "sentinel":
-        return _build_sentinel(settings, dbs, driver, tls)
-    clients = _client_per_db(dbs, lambda db: _standalone_pool(settings, db, driver, tls))
-    return Backend(
-        topology=topology,
-        layout=settings.db_layout,
-        clients=clients,
-        dbs=dbs,
-        max_connections=settings.redis_max_connections,
+        backend = _build_cluster(settings, dbs, driver, tls)
+    elif topology == "sentinel":
+        backend = _build_sentinel(settings, dbs, driver, tls)
+    else:
+        clients = _client_per_db(dbs, lambda db: _standalone_pool(settings, db, driver, tls))
+        backend = Backend(
+            topology=topology,
+            layout=settings.db_layout,
+            clients=clients,
+            dbs=dbs,
+            max_connections=settings.redis_max_connections,
+        )
+    if settings.redis_transport == "multiplexed":
+        backend.routes = _routes(settings, backend)
+    return backend
+
+
+def _routes(settings: Settings, backend: Backend) -> dict[str, NodeMux | ClusterMux]:
+    """The multiplexed path per keyspace: on one server, one :class:`NodeMux` per DB whose
+    connections are made by that DB's pool (on Sentinel they ask the sentinels for the
+    master); on Cluster one :class:`ClusterMux` over redis-py's slot map."""
+    wait = (
+        ("WAIT", settings.redis_durability_replicas, settings.redis_durability_timeout_ms)
+        if settings.redis_durability == "replicated"
+        else None
     )
+    options: dict[str, Any] = {
+        "connections": settings.redis_mux_connections,
+        "max_in_flight": settings.redis_mux_max_in_flight,
+        "timeout": settings.redis_socket_timeout,
+        "wait_command": wait,
+    }
+    if backend.cluster is not None:
+        shared = ClusterMux(backend.cluster, **options)
+        return dict.fromkeys(backend.clients, shared)
+    by_client: dict[int, NodeMux] = {}
+    routes: dict[str, NodeMux | ClusterMux] = {}
+    for name, client in backend.clients.items():
+        assert isinstance(client, Redis)
+        mux = by_client.get(id(client))
+        if mux is None:
+            pool = client.connection_pool
+            mux = by_client[id(client)] = NodeMux(
+                f"{settings.server_label} db {backend.dbs[name]}",
+                pool.make_connection,
+                client.response_callbacks,
+                sentinel=backend.topology == "sentinel",
+                **options,
+            )
+        routes[name] = mux
+    return routes
 
 
 def _build_sentinel(
