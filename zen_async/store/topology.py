@@ -25,6 +25,7 @@ Certificates are read at start; rotating them takes a restart.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import ssl
 from collections.abc import Callable
@@ -116,11 +117,24 @@ def _address(connection: AbstractConnection) -> tuple[str | None, int | None]:
 
 
 class AuthAwareSentinel(Sentinel):
-    """A Sentinel manager whose failures say when the sentinels refused our credentials.
+    """A Sentinel manager whose failures say when the sentinels refused our credentials,
+    and that asks the sentinels once for any number of concurrent callers.
 
     redis-py's ``discover_master`` treats a refused AUTH like an unreachable sentinel and
     ends in "No master found"; an ACL denial escapes as a bare NOPERM. Both become
     :class:`SentinelAuthFailure`, naming the sentinel user.
+
+    Every new connection to the master asks the sentinels first, so a burst of connects (a
+    pool filling up) is a burst of ``discover_master`` calls. In redis-py 8.2 each would
+    check out its own connection from a sentinel client's pool, a ``ConnectionPool`` of at
+    most 100 that raises past that: the 101st call counts the first sentinel as failed and
+    asks the next one, which it then swaps to the front of ``sentinels`` with an index read
+    before its await. Two such calls in flight together leave the list holding one client
+    twice and the first sentinel's not at all: that sentinel is never asked again, and
+    closing "every client in ``sentinels``" skips it, so its (up to 100) open connections
+    are garbage-collected unclosed. Here concurrent calls share one lookup (one connection
+    per sentinel, nothing swapped concurrently), and :meth:`aclose` closes the clients made
+    at start, whatever order ``sentinels`` is in.
     """
 
     def __init__(
@@ -133,18 +147,53 @@ class AuthAwareSentinel(Sentinel):
     ) -> None:
         super().__init__(sentinels, **kwargs)
         self.sentinel_user = sentinel_user
+        self._clients: Final = tuple(self.sentinels)
+        """Every sentinel client, in a stable order (redis-py reorders ``sentinels``)."""
+        self._lookups: dict[str, asyncio.Future[Any]] = {}
+        self._asking = asyncio.Lock()
+        self._closed = False
         if tls is not None:  # the sentinels' own clients use the context built at start too
-            for client in self.sentinels:
+            for client in self._clients:
                 client.connection_pool.connection_class = _TLSConnection
                 client.connection_pool.connection_kwargs["zen_tls"] = tls
 
     async def discover_master(self, service_name: str) -> Any:
-        """The master's ``(host, port)``.
+        """The master's ``(host, port)``: the answer of the lookup in flight for
+        ``service_name``, or of a new one. A caller cancelled leaves the lookup to the others.
 
         Raises:
             SentinelAuthFailure: the sentinels refused the credentials or the command.
-            MasterNotFoundError: no sentinel named a healthy master.
+            MasterNotFoundError: no sentinel named a healthy master, or the manager is closed.
         """
+        if self._closed:
+            raise MasterNotFoundError(f"No master found for {service_name!r}: {_CLOSED}")
+        lookup = self._lookups.get(service_name)
+        if lookup is None:
+            lookup = self._lookups[service_name] = asyncio.ensure_future(self._lookup(service_name))
+            lookup.add_done_callback(functools.partial(self._lookup_done, service_name))
+        try:
+            return await asyncio.shield(lookup)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if lookup.cancelled() and task is not None and not task.cancelling():
+                # Stopped by aclose, not by a cancel of this caller.
+                raise MasterNotFoundError(
+                    f"No master found for {service_name!r}: {_CLOSED}"
+                ) from None
+            raise
+
+    def _lookup_done(self, service_name: str, lookup: asyncio.Future[Any]) -> None:
+        if self._lookups.get(service_name) is lookup:
+            del self._lookups[service_name]
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved even when every caller was cancelled
+
+    async def _lookup(self, service_name: str) -> Any:
+        # One at a time: redis-py's reordering of ``sentinels`` is not safe concurrently.
+        async with self._asking:
+            return await self._ask(service_name)
+
+    async def _ask(self, service_name: str) -> Any:
         try:
             return await super().discover_master(service_name)
         except NoPermissionError as exc:
@@ -165,6 +214,24 @@ class AuthAwareSentinel(Sentinel):
                 ) from exc
             raise
 
+    async def aclose(self) -> None:
+        """Stop the lookups in flight, then close every sentinel client and its pool (each
+        one even if another fails; the first error is raised afterwards). Final: a later
+        :meth:`discover_master` fails rather than open connections nothing would close."""
+        self._closed = True
+        lookups = list(self._lookups.values())
+        for lookup in lookups:
+            lookup.cancel()
+        await asyncio.gather(*lookups, return_exceptions=True)
+        results = await asyncio.gather(
+            *(client.aclose() for client in self._clients), return_exceptions=True
+        )
+        error = next((r for r in results if isinstance(r, BaseException)), None)
+        if error is not None:
+            raise error
+
+
+_CLOSED: Final = "the sentinel manager is closed"
 
 _NOPERM: Final = re.compile(r"NoPermissionError\b[^:]*: ([^,]+)")
 """An ACL denial among the per-sentinel errors redis-py folds into MasterNotFoundError."""
@@ -279,8 +346,7 @@ class Backend:
             else:
                 await client.aclose()
         if self.sentinel is not None:
-            for sentinel in self.sentinel.sentinels:
-                await sentinel.aclose()
+            await self.sentinel.aclose()
 
 
 class _TLSConnection(SSLConnection):
