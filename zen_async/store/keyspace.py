@@ -549,7 +549,7 @@ class Keyspace:
             )
         route = self._route
         evalsha = ("EVALSHA", script.sha, n, *keys, *args)
-        slot = None if route is None else route.slot(evalsha)
+        slot = None if route is None else route.script_slot(keys)
         if route is not None and slot is not None:
             return await self._runner.call(
                 lambda: route.call(evalsha, None, slot),

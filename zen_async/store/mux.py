@@ -163,6 +163,28 @@ _KEY_FIRST: Final = frozenset(
 # XGROUP and XINFO name a subcommand first: on Cluster they keep redis-py's routing.
 
 
+def _packer(slow: Callable[..., list[bytes]]) -> Callable[..., list[bytes]]:
+    """hiredis's packer on the arguments as they are, else redis-py's (``slow``).
+
+    redis-py encodes each argument in Python before handing them to hiredis, which takes
+    str, bytes, int and float itself and encodes them alike (floats by repr). Anything else
+    (a bool, None, a dict: redis-py's DataError; a memoryview) and a first argument holding a
+    space (redis-py splits "SCRIPT LOAD" in two) take redis-py's path.
+    """
+    fast = hiredis.pack_command
+
+    def pack(*args: Any) -> list[bytes]:
+        first = args[0]
+        if first.__class__ is str and " " not in first:
+            try:
+                return [fast(args)]
+            except TypeError:
+                pass
+        return slow(*args)
+
+    return pack
+
+
 def _backoff(failures: int) -> float:
     ceiling = min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0 ** max(0, failures - 1))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
@@ -478,8 +500,8 @@ class NodeMux:
     ) -> None:
         self.name = name
         self.make_connection = make_connection
-        self.pack: Callable[..., list[bytes]] = make_connection().pack_command
-        """redis-py's encoding of a command (hiredis's packer), with its typed errors."""
+        self.pack = _packer(make_connection().pack_command)
+        """Encodes a command as redis-py does, with its typed errors (see :func:`_packer`)."""
         self.callbacks = callbacks
         self.timeout = timeout
         self.wait_command = wait_command
@@ -501,6 +523,11 @@ class NodeMux:
         connection (:data:`CONNECTION_BOUND`)."""
         return None if str(args[0]).upper() in CONNECTION_BOUND else 0
 
+    def script_slot(self, keys: Sequence[str]) -> int:
+        """The slot routing a script call on ``keys`` (one node: 0)."""
+        del keys
+        return 0
+
     async def call(
         self,
         args: Sequence[Arg],
@@ -512,9 +539,9 @@ class NodeMux:
         """Send one command: its reply (after redis-py's callback), raising its exception;
         a durable write answers a :class:`Waited`."""
         del slot  # one node
-        pipe = await self._pipe(durable)
-        future = pipe._loop.create_future()
         packed = self.pack(*args)  # bad arguments raise here, to their caller
+        pipe = self._pick(durable) or await self._pipe(durable)
+        future = pipe._loop.create_future()
         pipe.submit([[future, _DURABLE if durable else _PLAIN, args[0], options, packed, None]])
         return await future
 
@@ -522,9 +549,9 @@ class NodeMux:
         self, args: Sequence[Arg], options: Mapping[str, Any] | None, *, durable: bool
     ) -> Any:
         """Send ``ASKING`` and the command right behind it (a Cluster ASK redirect)."""
-        pipe = await self._pipe(durable)
+        packed = self.pack(*args)  # bad arguments raise here, to their caller
+        pipe = self._pick(durable) or await self._pipe(durable)
         future = pipe._loop.create_future()
-        packed = self.pack(*args)
         asking: list[Any] = [None, _ASKING, None, None, self.pack("ASKING"), None]
         pipe.submit(
             [asking, [future, _DURABLE if durable else _PLAIN, args[0], options, packed, None]]
@@ -543,7 +570,7 @@ class NodeMux:
         (durable ones: a :class:`Waited` each, covered by one WAIT)."""
         del slots  # one node
         packs = [self.pack(*command) for command in commands]  # bad arguments raise here
-        pipe = await self._pipe(durable)
+        pipe = self._pick(durable) or await self._pipe(durable)
         loop = pipe._loop
         kind = _DURABLE if durable else _PLAIN
         futures = [loop.create_future() for _ in commands]
@@ -559,20 +586,8 @@ class NodeMux:
 
     async def _pipe(self, durable: bool) -> _Pipe:
         """The least loaded connection with room (opened on first use); waits for room."""
-        if self._closed:
-            raise rx.ConnectionError("Connection closed by the client.")
-        pipes = self._durable if durable else self._pipes
-        while True:
-            if len(pipes) < self._size:
-                pipe = _Pipe(self, durable=durable)
-                pipes.append(pipe)
-                return pipe
-            best = pipes[0]
-            for pipe in pipes:
-                if pipe.load < best.load:
-                    best = pipe
-            if best.load < self._max:
-                return best
+        pipe = self._pick(durable)
+        while pipe is None:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._room_waiters.append(waiter)
             try:
@@ -581,6 +596,23 @@ class NodeMux:
                 if waiter.done() and not waiter.cancelled():
                     self.room(1)  # pass the room this caller no longer needs
                 raise
+            pipe = self._pick(durable)
+        return pipe
+
+    def _pick(self, durable: bool) -> _Pipe | None:
+        """The least loaded connection, None when every one is full."""
+        if self._closed:
+            raise rx.ConnectionError("Connection closed by the client.")
+        pipes = self._durable if durable else self._pipes
+        if len(pipes) < self._size:
+            pipe = _Pipe(self, durable=durable)
+            pipes.append(pipe)
+            return pipe
+        best = pipes[0]
+        for pipe in pipes:
+            if pipe.load < best.load:
+                best = pipe
+        return best if best.load < self._max else None
 
     def room(self, n: int) -> None:
         """``n`` commands were answered or failed: wake as many callers waiting for room."""
@@ -689,6 +721,10 @@ class ClusterMux:
         if str(args[0]).upper() in CONNECTION_BOUND:
             return None
         return slot_of(args)
+
+    def script_slot(self, keys: Sequence[str]) -> int | None:
+        """The slot of a script call's first key (None without keys: redis-py routes it)."""
+        return _slot(keys[0]) if keys else None
 
     async def _owner(self, slot: int) -> NodeMux:
         cluster = self._cluster
