@@ -5,8 +5,8 @@ README's table.
                              [--loop auto|uvloop|asyncio] [--no-profile]
                              [--write-readme [--readme PATH]] [--report-only]
 
-Each module (core, agents, events, memory, fleet, cluster, scaling, tasks, op_ids) runs on
-an event loop of its own — uvloop when it is installed (``pip install -e '.[bench]'``), else
+Each module (core, agents, events, memory, fleet, cluster, scaling, tasks, op_ids, transport)
+runs on an event loop of its own — uvloop when it is installed (``pip install -e '.[bench]'``), else
 asyncio — against a private redis-server on a free loopback port (or ``--url``; fleet,
 cluster and scaling also start a local Redis Cluster of their own), and writes
 ``<out>/<module>.json`` and ``.md``, stamped with the loop that ran, the date, the machine
@@ -69,6 +69,7 @@ MODULES: Final = (
     "scaling",
     "tasks",
     "op_ids",
+    "transport",
 )
 README: Final = Path(__file__).resolve().parent.parent / "README.md"
 START: Final = "<!-- bench:start -->"
@@ -163,6 +164,13 @@ async def _op_ids(url: str, *, quick: bool, profile: bool) -> ModuleRun:
     return ModuleRun(made.comparisons, made.markdown(), made.extra())
 
 
+async def _transport(url: str, *, quick: bool, profile: bool) -> ModuleRun:
+    from benchmarks import transport  # noqa: PLC0415 - a module is imported only when it runs
+
+    made = await transport.run(url, quick=quick)
+    return ModuleRun(made.comparisons, made.markdown(), made.extra())
+
+
 Runner = Callable[..., Awaitable[ModuleRun]]
 RUNNERS: Final[dict[str, Runner]] = {
     "core": _core,
@@ -174,6 +182,7 @@ RUNNERS: Final[dict[str, Runner]] = {
     "scaling": _scaling,
     "tasks": _tasks,
     "op_ids": _op_ids,
+    "transport": _transport,
 }
 
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from matplotlib.image import imread
 
-from benchmarks import agents, cluster, core, events, fleet, op_ids, run, scaling, tasks
+from benchmarks import agents, cluster, core, events, fleet, op_ids, run, scaling, tasks, transport
 from benchmarks._harness import RESULTS, table
 from zen_async.testing.deployments import Target
 
@@ -314,3 +314,32 @@ def test_op_ids_benchmark_quick_mode_measures_markers_against_no_markers(
     report = (tmp_path / "op_ids.md").read_text(encoding="utf-8")
     assert "### Marker memory" in report
     assert "per 1M writes" in report
+
+
+def test_transport_benchmark_quick_mode_measures_both_transports_and_every_target(
+    standalone: Target, tmp_path: Path
+) -> None:
+    data = _quick_run("transport", standalone.url, tmp_path)
+    n = transport.names(transport.QUICK, setting=data["transport_setting"])
+    ceiling = data["ceiling"]
+    assert ceiling["max"] == max(ceiling["bulk"], ceiling["pipelined"]) > 0
+    top = n["bulk"] if ceiling["bulk"] >= ceiling["pipelined"] else n["pipelined"]
+    expected = [(n["bulk"], n["pipelined"])]
+    for s in ("t", "g", "s", "l", "get"):  # each zen side vs raw, then zen's sides
+        mux, pool, raw = n[f"{s}_mux"], n[f"{s}_pool"], n[f"{s}_raw"]
+        expected += [(mux, raw), (pool, raw), (mux, pool)]
+        if s in ("t", "l"):  # transitions: also against the ceiling
+            expected.append((mux, top))
+    assert [(r["scenario"]["name"], r["baseline"]["name"]) for r in data["results"]] == expected
+    rounds = {r["scenario"]["name"]: r["scenario"]["rounds"] for r in data["results"]}
+    assert rounds[n["t_mux"]] == transport.QUICK.rounds
+    assert rounds[n["l_mux"]] == transport.QUICK.closed_rounds
+    assert data["littles_law_floor_ms"] > 0
+    assert set(data["server_us_per_transition"]) == {"bulk", "pipelined"}
+    assert all(us > 0 for us in data["server_us_per_transition"].values())
+    assert len(data["checks"]) == 5
+    assert all(c["measured"] > 0 for c in data["checks"])
+    assert list(data["others_cpu_percent"]) == list(transport.GROUPS)
+    report = (tmp_path / "transport.md").read_text(encoding="utf-8")
+    assert report.count("PASS") + report.count("**MISS**") == len(data["checks"])
+    assert "Little's law" in report
