@@ -99,6 +99,8 @@ CONNECTION_BOUND: Final = frozenset(
 _MORE: Final = object()  # hiredis: not enough data for a whole reply yet
 _READ_SIZE: Final = 65536
 _MAX_REDIRECTS: Final = 5
+_REDIRECTS: Final = (rx.MovedError, rx.AskError, rx.TryAgainError)
+"""Cluster replies that say the command was not applied and where (or when) to send it."""
 _BACKOFF_BASE: Final = 0.05
 _BACKOFF_CAP: Final = 2.0
 _CLOSED_BY_SERVER: Final = "Connection closed by server."
@@ -625,10 +627,15 @@ class NodeMux:
 
     # --- connection bookkeeping -----------------------------------------------------------
     def backoff_error(self) -> BaseException | None:
-        """The last connect error while the backoff after it lasts, else None."""
-        if self._last_error is not None and time.monotonic() < self._retry_at:
-            return self._last_error
-        return None
+        """While the backoff after a failed connect lasts, a new error like the last one
+        (each caller refused meanwhile is a failure of its own for the breaker), else None."""
+        last = self._last_error
+        if last is None or time.monotonic() >= self._retry_at:
+            return None
+        try:
+            return type(last)(*last.args)
+        except Exception:  # an error class built otherwise: the same one, counted once
+            return last
 
     def connect_failed(self, error: BaseException) -> None:
         self._connect_failures += 1
@@ -739,18 +746,33 @@ class ClusterMux:
         slot: int,
         *,
         durable: bool = False,
+        asking: ClusterNode | None = None,
     ) -> Any:
-        """One command on its slot's master (a :class:`Waited` when ``durable``)."""
-        asking: ClusterNode | None = None
+        """One command on its slot's master (a :class:`Waited` when ``durable``), or first
+        behind ASKING on ``asking``; redirects followed."""
         for attempt in range(_MAX_REDIRECTS):
             try:
-                if asking is not None:
-                    return await self._mux(asking).call_asking(args, options, durable=durable)
-                mux = await self._owner(slot)
-                return await mux.call(args, options, durable=durable)
+                return await self._send(args, options, slot, durable=durable, asking=asking)
             except Exception as exc:
                 asking = await self._redirect(exc, attempt)
         raise rx.ClusterError(f"{args[0]!r}: still redirected after {_MAX_REDIRECTS} attempts")
+
+    async def _send(
+        self,
+        args: Sequence[Arg],
+        options: Mapping[str, Any] | None,
+        slot: int,
+        *,
+        durable: bool,
+        asking: ClusterNode | None,
+    ) -> Any:
+        if asking is not None:
+            reply = await self._mux(asking).call_asking(args, options, durable=durable)
+        else:
+            reply = await (await self._owner(slot)).call(args, options, durable=durable)
+        if isinstance(reply, Waited) and isinstance(reply.reply, _REDIRECTS):
+            raise reply.reply  # a durable write redirected: it was not applied
+        return reply
 
     async def _redirect(self, exc: Exception, attempt: int) -> ClusterNode | None:
         """Where to send a redirected command next (a node for ASK, None for its slot's
@@ -796,15 +818,14 @@ class ClusterMux:
                 out[i] = reply
 
         await asyncio.gather(*(run(mux, members) for mux, members in groups.values()))
-        for i, reply in enumerate(out):
-            if isinstance(reply, rx.MovedError | rx.AskError | rx.TryAgainError):
+        for i, outcome in enumerate(out):
+            reply = outcome.reply if isinstance(outcome, Waited) else outcome
+            if isinstance(reply, _REDIRECTS):
                 try:
                     asking = await self._redirect(reply, 0)
-                    if asking is not None:
-                        mux = self._mux(asking)
-                        out[i] = await mux.call_asking(commands[i], options[i], durable=durable)
-                    else:
-                        out[i] = await self.call(commands[i], options[i], slots[i], durable=durable)
+                    out[i] = await self.call(
+                        commands[i], options[i], slots[i], durable=durable, asking=asking
+                    )
                 except Exception as exc:
                     out[i] = exc
             elif isinstance(reply, rx.ConnectionError | rx.TimeoutError):
