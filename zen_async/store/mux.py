@@ -256,21 +256,22 @@ class _Pipe:
             return
         entries = self._outbox
         self._outbox = []
-        conn = self._conn
-        assert conn is not None
         send: list[list[Any]] = []
         packed: list[bytes] = []
         durable = False
-        for entry in entries:
-            future = entry[0]
-            if entry[1] == _PLAIN and future.done():
-                # Cancelled before it was written: it is not sent at all.
-                self._release(1)
+        skipped = 0
+        for i, entry in enumerate(entries):
+            kind = entry[1]
+            # The command behind an ASKING is the one that decides for both.
+            caller = entries[i + 1] if kind == _ASKING else entry
+            if caller[0].done():
+                skipped += 1  # cancelled before it was written: it is not sent at all
                 continue
-            if entry[1] == _DURABLE:
+            if kind == _DURABLE:
                 durable = True
             send.append(entry)
             packed.extend(entry[4])
+        self._release(skipped)
         if durable:
             wait = self._mux.wait_command
             assert wait is not None
