@@ -284,11 +284,23 @@ async def test_health_status_shape_and_values(zen: Zen, target: Target) -> None:
     assert memory["maxmemory"] >= 0
     assert status["alerts"] == []
     pools = status["pool_usage"]
-    if isinstance(target.group, ClusterGroup):  # one pool per node, replicas included
-        assert set(pools) == {f"{node.host}:{node.port}" for node in target.group.nodes}
+    if isinstance(target.group, ClusterGroup):
+        # One pool per node the slot map names: every master, and the replicas once the
+        # masters list them (a cluster started just now may not yet).
+        nodes = {f"{node.host}:{node.port}" for node in target.group.nodes}
+        primaries = {f"{node.host}:{node.port}" for node in target.group.masters()}
+        assert primaries <= set(pools) <= nodes
     else:  # the databases layout: one pool per keyspace
         assert status["db_layout"] == "databases"
         assert set(pools) == set(KEYSPACES)
+    transport = status["transport"]
+    assert transport["kind"] == "multiplexed"  # the default
+    for usage in transport["multiplexed"].values():
+        assert set(usage) == {"connections", "in_flight"}
+        assert usage["connections"] <= zen.settings.redis_mux_connections
+    if not isinstance(target.group, ClusterGroup):  # the health check pinged every DB's route
+        assert set(transport["multiplexed"]) == set(KEYSPACES)
+        assert all(u["connections"] >= 1 for u in transport["multiplexed"].values())
     for name, usage in pools.items():
         assert set(usage) == {"in_use", "idle", "max"}, name
         assert all(isinstance(v, int) and v >= 0 for v in usage.values()), (name, usage)

@@ -448,6 +448,10 @@ class HealthMonitor:
                 "last_error": stats.last_error,
             },
             "pool_usage": self._backend.pool_usage(),
+            "transport": {
+                "kind": self._settings.redis_transport,
+                "multiplexed": self._backend.mux_usage(),
+            },
             "memory": dict(report.memory),
             "cluster": dict(report.cluster),
             "sentinel": dict(report.sentinel),
