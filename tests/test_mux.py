@@ -369,6 +369,41 @@ async def test_a_connection_lost_with_300_in_flight_counts_one_breaker_failure(
         assert core.breaker.statistics().consecutive_failures == 0
 
 
+async def test_after_a_reconnect_the_watchdog_times_only_the_new_commands(
+    own_server: Standalone,
+) -> None:
+    """Commands lost with a connection are never answered: the timeout watch must not wait
+    for their replies on the next connection (it would time out a healthy one)."""
+    server = own_server.server
+    settings = settings_for(
+        own_server,
+        redis_mux_connections=1,
+        redis_socket_timeout=0.5,
+        redis_retry_attempts=0,
+        redis_breaker_failure_threshold=100,
+        **QUIET,
+    )
+    async with core_for(settings) as core:
+        ks = core.keyspace("state")
+        key = ks.key("watchdog")
+        await ks.set(key, b"v")
+        pipe = only_pipe(node_mux(core))
+        server.pause()
+        tasks = [asyncio.create_task(ks.get(key)) for _ in range(50)]
+        await until_written(pipe, 50)
+        await anyio.to_thread.run_sync(server.kill)
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(o, BackendError) for o in outcomes)
+        await anyio.to_thread.run_sync(server.start)
+        await until_ok(lambda: ks.set(key, b"v"), deadline=20.0, what="after the restart")
+        writer, failures = pipe._writer, core.breaker.statistics().total_failures
+        assert writer is not None
+        await asyncio.sleep(settings.redis_socket_timeout * 3)  # the watch has looked again
+        assert await ks.get(key) == b"v"
+        assert pipe._writer is writer, "the healthy connection was dropped as timed out"
+        assert core.breaker.statistics().total_failures == failures
+
+
 # --- 5. a frozen server -----------------------------------------------------------------------
 @pytest.mark.parametrize(
     "bound",

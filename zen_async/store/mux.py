@@ -434,6 +434,7 @@ class _Pipe:
         self._waiting.clear()
         self._outbox = []
         self._flushes.clear()
+        self._read_count = self._sent_count  # the watchdog counts from the next write on
         for entry in entries:
             kind = entry[1]
             if kind in (_PLAIN, _DURABLE):
