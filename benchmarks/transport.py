@@ -8,6 +8,8 @@ run, and next to what the server does for the same work when the client is not i
 
 Without --url it starts its own redis-server on a free loopback port. Every key it writes
 lives under two tenants of its own (``bench-<hex>`` and ``bench-<hex>p``), removed at the end.
+The Cluster groups (7) always run on a local cluster the module starts and stops (with its
+files), whatever --url says; --quick runs them too (the cluster starts in about 2 s).
 
 Two zens are open at once, one per transport, each on a tenant of its own: each listens to its
 own tenant's agent hint channel only, so every transition's pub/sub hint is received once by
@@ -42,6 +44,14 @@ at a time.
    mean latency with ``agents`` calls in flight if the server ran at the ceiling.
 6. Plain GET by ``agents`` coroutines (informational): ``Keyspace.get`` against raw GET
    through ``BlockingConnectionPool(50)``.
+7. On Cluster 3+3 (a local cluster of 3 masters + 3 replicas, started and stopped by the
+   module with ``benchmarks._topologies``, after the standalone groups): transitions with
+   ``agents`` in flight, ``get_agent`` by ``agents`` callers and plain GET by ``agents``
+   coroutines, as in 2, 3 and 6, zen (multiplexed) and zen (pool) each on a tenant of its
+   own, against a raw ``redis.asyncio.RedisCluster`` doing the same EVALSHA (same script,
+   keys and arguments: zen's ``prefixed`` layout, agents spread over shards tagged
+   ``{z<shard>}``), HGETALL and GET. Its node pools raise instead of waiting when full, so
+   it may open a connection per call in flight on each node (``cluster_client``).
 
 The agents are created through an ``AgentStateManager`` built like ``zen.agents`` but with a
 one-hour lease, so that the reaper does not reap them half-way through the run. The machine
@@ -62,7 +72,7 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 
 import anyio
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 
 from benchmarks._harness import (
@@ -82,12 +92,21 @@ from benchmarks._harness import (
     server_pid,
     server_url,
 )
+from benchmarks._topologies import (
+    ProcessesWatch,
+    cluster_client,
+    cluster_pids,
+    cluster_settings,
+    local_cluster,
+)
+from benchmarks.cluster import CLUSTER
 from zen_async import Settings, Zen, open_zen
 from zen_async.agents import AgentSpec, AgentStateManager, LifecycleState
 from zen_async.agents.models import sources_of
 from zen_async.events.envelope import agent_shard, shard_stream_name, shard_tag
 from zen_async.store.scripts import ScriptRegistry
 from zen_async.store.topology import KEYSPACES
+from zen_async.testing import ClusterGroup
 
 BATCH: Final = 500
 """REDIS_PIPELINE_BATCH_SIZE for zen."""
@@ -109,6 +128,7 @@ TARGET_P50: Final = 0.7
 TARGET_FLOOR: Final = 1.5
 DESIGN_GET: Final = (320_000, 380_000)
 """The design's figure for plain GETs by 1000 coroutines through a minimal multiplexer."""
+RAW_CLUSTER: Final = "redis-py RedisCluster"
 
 
 @dataclass(frozen=True)
@@ -162,10 +182,33 @@ def names(sizes: Sizes, *, setting: bool | None = None) -> dict[str, str]:
         "get_mux": f"{zm} Keyspace.get x{c} concurrent",
         "get_pool": f"{zp} Keyspace.get x{c} concurrent",
         "get_raw": f"{raw} GET x{c} concurrent",
+        **{
+            f"c{key}": f"{name} on {CLUSTER}"
+            for key, name in (
+                ("t_mux", f"{zm} transition x{c} concurrent"),
+                ("t_pool", f"{zp} transition x{c} concurrent"),
+                ("t_raw", f"{RAW_CLUSTER} EVALSHA agent_transition x{c} concurrent"),
+                ("g_mux", f"{zm} get_agent x{c} concurrent"),
+                ("g_pool", f"{zp} get_agent x{c} concurrent"),
+                ("g_raw", f"{RAW_CLUSTER} HGETALL x{c} concurrent"),
+                ("get_mux", f"{zm} Keyspace.get x{c} concurrent"),
+                ("get_pool", f"{zp} Keyspace.get x{c} concurrent"),
+                ("get_raw", f"{RAW_CLUSTER} GET x{c} concurrent"),
+            )
+        },
     }
 
 
-GROUPS: Final = ("ceiling and transitions", "get_agent", "one caller", "closed loop", "GET")
+GROUPS: Final = (
+    "ceiling and transitions",
+    "get_agent",
+    "one caller",
+    "closed loop",
+    "GET",
+    f"{CLUSTER}: transitions",
+    f"{CLUSTER}: get_agent",
+    f"{CLUSTER}: GET",
+)
 
 
 class Side:
@@ -240,7 +283,8 @@ def closed_round(call: Call, workers: int, *, duration: float) -> Round:
 
 
 class Bench:
-    """The scenarios of one run: a zen per transport, raw clients of the same server."""
+    """The scenarios of one run on one topology: a zen per transport, raw clients of the
+    same server (or cluster)."""
 
     def __init__(
         self,
@@ -248,14 +292,19 @@ class Bench:
         mux: Side,
         pool: Side,
         raw: Redis,
-        wide: Redis,
+        wide: Redis | None,
         scripts: ScriptRegistry,
         sizes: Sizes,
     ) -> None:
         self.mux = mux
         self.pool = pool
-        self.raw = raw  # BlockingConnectionPool(POOL), on the multiplexed side's state DB
-        self.wide = wide  # CEILING_CONNECTIONS connections, same DB: the pipelined ceiling
+        # BlockingConnectionPool(POOL) on the multiplexed side's state DB; on Cluster a
+        # RedisCluster, which has every method the raw rows call (evalsha, hgetall, get,
+        # script_load), typed as Redis like benchmarks.cluster does
+        self.raw = raw
+        # CEILING_CONNECTIONS connections, same DB: the pipelined ceiling; None: no ceiling
+        # (on Cluster), so no ceiling fleets either
+        self.wide = wide
         self.sizes = sizes
         self.sha = scripts["agent_transition"].sha
         self.source = scripts["agent_transition"].source
@@ -270,8 +319,9 @@ class Bench:
         self.mux_fleet = Fleet(self.mux, "mux", c)
         self.raw_fleet = Fleet(self.mux, "raw", c)
         self.pool_fleet = Fleet(self.pool, "pool", c)
+        ceilings = (self.bulk, self.piped) if self.wide is not None else ()
         for side, fleets in (
-            (self.mux, (self.bulk, self.piped, self.mux_fleet, self.raw_fleet)),
+            (self.mux, (*ceilings, self.mux_fleet, self.raw_fleet)),
             (self.pool, (self.pool_fleet,)),
         ):
             ids = [a for f in fleets for a in f.ids]
@@ -353,6 +403,7 @@ class Bench:
         read straight off the connections (an error reply raises), so that as little client
         work as possible stands between the server and the figure; each transition's latency
         is its pipeline's."""
+        assert self.wide is not None, "no ceiling on this topology"
         pool = self.wide.connection_pool
         connect = cast(Callable[[], Awaitable[AbstractConnection]], pool.get_connection)
 
@@ -460,8 +511,13 @@ class Bench:
 
 
 # --- the run ---------------------------------------------------------------------------------
+def _chosen(transport: str) -> dict[str, Any]:
+    """The transport setting for ``transport``, if ``Settings`` has it yet."""
+    return {TRANSPORT_SETTING: transport} if transport_setting() else {}
+
+
 def _settings(url: str, tenant: str, transport: str) -> Settings:
-    chosen: dict[str, Any] = {TRANSPORT_SETTING: transport} if transport_setting() else {}
+    chosen = _chosen(transport)
     return Settings(
         _env_file=None,
         redis_url=url,
@@ -509,6 +565,44 @@ async def _opened(url: str, sizes: Sizes) -> AsyncIterator[Bench]:
             await client.aclose(close_connection_pool=True)
 
 
+def _cluster_settings(group: ClusterGroup, tenant: str, transport: str) -> Settings:
+    return cluster_settings(
+        group,
+        tenant,
+        redis_pipeline_batch_size=BATCH,
+        redis_max_connections=POOL,
+        **_chosen(transport),
+    )
+
+
+@contextlib.asynccontextmanager
+async def _opened_cluster(group: ClusterGroup, sizes: Sizes) -> AsyncIterator[Bench]:
+    """On the local ``group``: a zen per transport, each on a tenant of its own (the
+    cluster's settings of ``benchmarks._topologies``, with this module's batch and pool
+    size), a raw RedisCluster, the fixtures set up without the ceiling's. Nothing is
+    removed on exit: the cluster goes with its files."""
+    tenant = f"bench-{uuid.uuid4().hex[:8]}"
+    scripts = await anyio.to_thread.run_sync(ScriptRegistry.load)
+    raw = cluster_client(group, in_flight=sizes.agents)
+    try:
+        async with (
+            open_zen(_cluster_settings(group, tenant, MULTIPLEXED)) as mux,
+            open_zen(_cluster_settings(group, tenant + "p", POOLED)) as pool,
+        ):
+            bench = Bench(
+                mux=Side(mux, MULTIPLEXED),
+                pool=Side(pool, POOLED),
+                raw=cast(Redis, raw),
+                wide=None,
+                scripts=scripts,
+                sizes=sizes,
+            )
+            await bench.setup()
+            yield bench
+    finally:
+        await raw.aclose()
+
+
 @dataclass
 class Transport:
     """What the module measured: the comparisons and targets, and the figures they used."""
@@ -518,6 +612,7 @@ class Transport:
     ceiling: dict[str, float]
     floor_ms: float
     server_us: dict[str, float]
+    cluster_raw_connections: int
 
     @property
     def comparisons(self) -> list[Comparison]:
@@ -535,6 +630,11 @@ class Transport:
             "ceiling": self.ceiling,
             "littles_law_floor_ms": self.floor_ms,
             "server_us_per_transition": self.server_us,
+            "cluster": {
+                "topology": CLUSTER,
+                "raw_client": RAW_CLUSTER,
+                "raw_max_connections_per_node": self.cluster_raw_connections,
+            },
         }
 
 
@@ -550,11 +650,14 @@ async def run(url: str, *, quick: bool) -> Transport:
     setting = transport_setting()
     n = names(sizes, setting=setting)
     rounds, c = sizes.rounds, sizes.agents
-    outcome = Outcome("transport: zen's command transports vs raw redis-py (same server, same run)")
+    outcome = Outcome(
+        "transport: zen's command transports vs raw redis-py (same server, same run; "
+        f"then on {CLUSTER})"
+    )
     before = os.getloadavg()
+    attempts = 1 if quick else 3
     async with _opened(url, sizes) as b:
         watch = CpuWatch(await server_pid(url, lambda: b.raw.info("server")))
-        attempts = 1 if quick else 3
 
         def measured(
             entries: Sequence[tuple[str, Round]], *, group_rounds: int = rounds
@@ -673,6 +776,7 @@ async def run(url: str, *, quick: bool) -> Transport:
         outcome.sections.append(
             (f"Plain GET: {c} coroutines at once (ops = GETs; p50/p99 of one GET)", get)
         )
+    on_cluster = await _cluster_run(outcome, sizes, n, attempts=attempts)
     outcome.loadavg = (before, os.getloadavg())
     floor_ms = 1000 * c / ceiling.ops_per_s
     outcome.checks = _checks(
@@ -683,6 +787,7 @@ async def run(url: str, *, quick: bool) -> Transport:
         single=s,
         loop=loop[0],
         floor_ms=floor_ms,
+        on_cluster=on_cluster,
     )
     outcome.notes += _notes(
         sizes,
@@ -693,6 +798,8 @@ async def run(url: str, *, quick: bool) -> Transport:
         floor_ms=floor_ms,
         loop=loop,
         get=get,
+        on_cluster=on_cluster,
+        alone=[t_mux, g[0].scenario, get[0].scenario],
     )
     return Transport(
         outcome,
@@ -700,7 +807,76 @@ async def run(url: str, *, quick: bool) -> Transport:
         {"bulk": bulk.ops_per_s, "pipelined": piped.ops_per_s, "max": ceiling.ops_per_s},
         floor_ms,
         server_us,
+        on_cluster.raw_connections,
     )
+
+
+@dataclass(frozen=True)
+class OnCluster:
+    """What the Cluster groups measured: each zen side against raw RedisCluster, then the
+    multiplexed side against the pool side (see :func:`_three`)."""
+
+    transitions: list[Comparison]
+    get_agent: list[Comparison]
+    get: list[Comparison]
+    raw_connections: int
+    """The raw RedisCluster's connections per node at most."""
+
+
+async def _cluster_run(
+    outcome: Outcome, sizes: Sizes, n: dict[str, str], *, attempts: int
+) -> OnCluster:
+    """The Cluster groups, on a local cluster started for them (stopped on return); their
+    sections go into ``outcome``."""
+    c, rounds = sizes.agents, sizes.rounds
+    async with local_cluster() as group, _opened_cluster(group, sizes) as b:
+        watch = ProcessesWatch(cluster_pids(group))  # the six nodes are the server here
+
+        async def three(label: str, entries: Sequence[tuple[str, Call]]) -> list[Comparison]:
+            named = [(name, calls_round(call, c, concurrent=True)) for name, call in entries]
+            measures = await outcome.settled(
+                label,
+                lambda: measure_rounds(named, rounds=rounds),
+                watch=watch,
+                attempts=attempts,
+            )
+            return _three(*measures)
+
+        t = await three(
+            GROUPS[5],
+            [
+                (n["ct_mux"], b.zen_transition(b.mux_fleet)),
+                (n["ct_pool"], b.zen_transition(b.pool_fleet)),
+                (n["ct_raw"], b.raw_transition(b.raw_fleet)),
+            ],
+        )
+        g = await three(
+            GROUPS[6],
+            [
+                (n["cg_mux"], b.zen_get_agent(b.mux_fleet)),
+                (n["cg_pool"], b.zen_get_agent(b.pool_fleet)),
+                (n["cg_raw"], b.raw_hgetall(b.raw_fleet)),
+            ],
+        )
+        get = await three(
+            GROUPS[7],
+            [
+                (n["cget_mux"], b.zen_get(b.mux)),
+                (n["cget_pool"], b.zen_get(b.pool)),
+                (n["cget_raw"], b.raw_get()),
+            ],
+        )
+        raw_connections = cast(RedisCluster, b.raw).get_default_node().max_connections
+    outcome.sections += [
+        (
+            f"{CLUSTER}: transitions, {c} agents in flight, one transition each per round, all "
+            "at once (ops = transitions; p50/p99 of one transition)",
+            t,
+        ),
+        (f"{CLUSTER}: get_agent, {c} concurrent callers (ops = reads; p50/p99 of one read)", g),
+        (f"{CLUSTER}: plain GET, {c} coroutines at once (ops = GETs; p50/p99 of one GET)", get),
+    ]
+    return OnCluster(t, g, get, raw_connections)
 
 
 def _checks(
@@ -712,10 +888,13 @@ def _checks(
     single: list[Comparison],
     loop: Measure,
     floor_ms: float,
+    on_cluster: OnCluster,
 ) -> list[Check]:
-    """Issue 15's targets, against this run's figures (the multiplexed side's)."""
+    """Issue 15's targets, against this run's figures (the multiplexed side's); on Cluster
+    the same ratios against raw RedisCluster."""
     c = sizes.agents
     t, g, s = transitions[0], get_agent[0], single[0]
+    ct, cg = on_cluster.transitions[0], on_cluster.get_agent[0]
     return [
         Check(
             f"transitions x{c} concurrent: zen >= {TARGET_CEILING}x the ceiling",
@@ -761,6 +940,24 @@ def _checks(
             f"p99 {loop.p99_ms:.3f} ms vs floor {floor_ms:.3f} ms "
             f"({c} / {ceiling.ops_per_s:,.0f} ops/s)",
         ),
+        Check(
+            f"on {CLUSTER}, transitions x{c} concurrent: zen >= {TARGET_RAW:g}x raw "
+            f"{RAW_CLUSTER} EVALSHA",
+            ct.ratio,
+            TARGET_RAW,
+            "x",
+            "min",
+            f"{ct.scenario.ops_per_s:,.0f} vs {ct.baseline.ops_per_s:,.0f} ops/s",
+        ),
+        Check(
+            f"on {CLUSTER}, get_agent x{c} concurrent: zen >= {TARGET_GET_AGENT:g}x raw "
+            f"{RAW_CLUSTER} HGETALL",
+            cg.ratio,
+            TARGET_GET_AGENT,
+            "x",
+            "min",
+            f"{cg.scenario.ops_per_s:,.0f} vs {cg.baseline.ops_per_s:,.0f} ops/s",
+        ),
     ]
 
 
@@ -774,7 +971,11 @@ def _notes(
     floor_ms: float,
     loop: list[Measure],
     get: list[Comparison],
+    on_cluster: OnCluster,
+    alone: Sequence[Measure],
 ) -> list[str]:
+    """The notes; ``alone``: zen (multiplexed)'s transitions, get_agent and GET on the
+    standalone server, next to which the Cluster ones are put."""
     c = sizes.agents
     notes = []
     if setting:
@@ -815,6 +1016,26 @@ def _notes(
         "same keys and arguments (the op-id marker and its TTL included, as "
         "zen.agents.transition always does); raw rows run on the multiplexed side's tenant, "
         "whose zen receives their pub/sub hints as it does its own.",
+        f"{CLUSTER}: a local cluster of 3 masters + 3 replicas, started after the standalone "
+        "groups and measured alone; its 6 nodes share the machine's cores with this process "
+        "(their CPU is left out of 'other processes'). zen runs there with the same settings "
+        "(prefixed layout, agents spread over shards tagged {z<shard>}: an agent's hash and "
+        "its op marker share a slot). The raw rows use redis.asyncio.RedisCluster, which "
+        "routes each command to the master of its key's slot; its node pools raise instead "
+        "of waiting when full, so it may open up to "
+        f"{on_cluster.raw_connections} connections per node (a pool of {POOL} like "
+        f"zen's would fail with {c} calls in flight). zen (multiplexed), Cluster over "
+        "standalone: "
+        + ", ".join(
+            f"{what} {there[0].scenario.ops_per_s / here.ops_per_s:.2f}x"
+            for what, there, here in zip(
+                ("transitions", "get_agent", "GET"),
+                (on_cluster.transitions, on_cluster.get_agent, on_cluster.get),
+                alone,
+                strict=True,
+            )
+        )
+        + ".",
     ]
     return notes
 

@@ -325,21 +325,31 @@ def test_transport_benchmark_quick_mode_measures_both_transports_and_every_targe
     assert ceiling["max"] == max(ceiling["bulk"], ceiling["pipelined"]) > 0
     top = n["bulk"] if ceiling["bulk"] >= ceiling["pipelined"] else n["pipelined"]
     expected = [(n["bulk"], n["pipelined"])]
-    for s in ("t", "g", "s", "l", "get"):  # each zen side vs raw, then zen's sides
+    # each zen side vs raw, then zen's sides; standalone, then Cluster (vs raw RedisCluster)
+    for s in ("t", "g", "s", "l", "get", "ct", "cg", "cget"):
         mux, pool, raw = n[f"{s}_mux"], n[f"{s}_pool"], n[f"{s}_raw"]
         expected += [(mux, raw), (pool, raw), (mux, pool)]
         if s in ("t", "l"):  # transitions: also against the ceiling
             expected.append((mux, top))
     assert [(r["scenario"]["name"], r["baseline"]["name"]) for r in data["results"]] == expected
+    for s in ("ct", "cg", "cget"):
+        assert n[f"{s}_mux"].endswith(f" on {cluster.CLUSTER}")
+        assert n[f"{s}_raw"].startswith("redis-py RedisCluster ")
     rounds = {r["scenario"]["name"]: r["scenario"]["rounds"] for r in data["results"]}
     assert rounds[n["t_mux"]] == transport.QUICK.rounds
     assert rounds[n["l_mux"]] == transport.QUICK.closed_rounds
+    assert rounds[n["ct_mux"]] == transport.QUICK.rounds
+    assert data["cluster"]["raw_max_connections_per_node"] >= transport.QUICK.agents
     assert data["littles_law_floor_ms"] > 0
     assert set(data["server_us_per_transition"]) == {"bulk", "pipelined"}
     assert all(us > 0 for us in data["server_us_per_transition"].values())
-    assert len(data["checks"]) == 5
+    assert len(data["checks"]) == 7  # 5 on standalone, 2 on Cluster
+    assert [c["target"].startswith(f"on {cluster.CLUSTER}") for c in data["checks"]] == (
+        [False] * 5 + [True] * 2
+    )
     assert all(c["measured"] > 0 for c in data["checks"])
     assert list(data["others_cpu_percent"]) == list(transport.GROUPS)
     report = (tmp_path / "transport.md").read_text(encoding="utf-8")
     assert report.count("PASS") + report.count("**MISS**") == len(data["checks"])
     assert "Little's law" in report
+    assert f"### {cluster.CLUSTER}: transitions" in report
