@@ -152,8 +152,9 @@ async def test_pool_exhaustion_leaves_the_failure_counters_unchanged(standalone:
             await wait_for(held, what="the pool's one connection checked out")
             before = failure_counters(zen)
             for _ in range(5):  # more than the default threshold, were they counted
+                # A blocking read needs a pooled connection (plain commands are multiplexed).
                 with pytest.raises(CapacityError, match="no connection became free"):
-                    await ks.get(ks.key("anything"))
+                    await ks.execute("BLPOP", ks.key("anything"), 1)
             assert failure_counters(zen) == before == (0, 0, 0)
             assert zen.redis.breaker.statistics().state is BreakerState.CLOSED
         finally:

@@ -635,9 +635,11 @@ class NodeMux:
         if last is None or time.monotonic() >= self._retry_at:
             return None
         try:
-            return type(last)(*last.args)
+            error = type(last)(*last.args)
         except Exception:  # an error class built otherwise: the same one, counted once
             return last
+        error.__cause__ = last.__cause__  # the OSError that says why (errno), for messages
+        return error
 
     def connect_failed(self, error: BaseException) -> None:
         self._connect_failures += 1
