@@ -44,19 +44,11 @@ from zen_async.store.manager import RedisManager, open_redis_manager
 from zen_async.store.mux import ClusterMux, NodeMux, _Pipe
 from zen_async.testing import ServerProcess, Standalone
 from zen_async.testing.deployments import Deployments, Target, masters, settings_for
+from zen_async.testing.marks import UNCLOSED_BY_A_FAULT
 
 pytestmark = [
     pytest.mark.timeout(60),
-    # Connections dropped by a fault (reset by the killed server, timed out on the frozen one)
-    # may be finalized before redis-py closed them (as in tests/faults/test_transport_faults.py).
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <function StreamWriter.__del__"
-        ":pytest.PytestUnraisableExceptionWarning"
-    ),
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <function AbstractConnection.__del__"
-        ":pytest.PytestUnraisableExceptionWarning"
-    ),
+    *UNCLOSED_BY_A_FAULT,
 ]
 
 T = TypeVar("T")

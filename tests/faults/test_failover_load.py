@@ -19,23 +19,13 @@ import pytest
 from zen_async import open_zen
 from zen_async.testing import ClusterGroup, SentinelGroup, Standalone
 from zen_async.testing.deployments import settings_for
+from zen_async.testing.marks import UNCLOSED_BY_A_FAULT
 from zen_async.testing.workload import LoadReport, render_reliability, run_under_fault
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(240),
-    # Connections dropped during a failover (timed out on the dead or frozen master, or
-    # cancelled at the call bound) are not closed by redis-py before they are collected: its
-    # finalizers close them with a ResourceWarning. What this module asserts is the
-    # workload's outcome, not redis-py's connection hygiene.
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <function StreamWriter.__del__"
-        ":pytest.PytestUnraisableExceptionWarning"
-    ),
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <function AbstractConnection.__del__"
-        ":pytest.PytestUnraisableExceptionWarning"
-    ),
+    *UNCLOSED_BY_A_FAULT,
 ]
 
 AGENTS = 1000

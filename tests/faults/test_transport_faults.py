@@ -45,23 +45,13 @@ from zen_async import BackendError, Settings, Zen, ZenError, open_zen
 from zen_async.store.keyspace import Keyspace
 from zen_async.testing import ClusterGroup, ServerProcess, Standalone
 from zen_async.testing.deployments import Kind, settings_for, start_group
+from zen_async.testing.marks import UNCLOSED_BY_A_FAULT
 from zen_async.testing.waiting import wait_for
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(180),
-    # Connections dropped by a cancellation or by the fault (reset by the killed server, or
-    # timed out on the frozen one) may be collected before redis-py closed them: its
-    # finalizers close them with a ResourceWarning. What this module asserts is what callers
-    # get, not redis-py's connection hygiene (test_failover_load.py filters the same).
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <function StreamWriter.__del__"
-        ":pytest.PytestUnraisableExceptionWarning"
-    ),
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <function AbstractConnection.__del__"
-        ":pytest.PytestUnraisableExceptionWarning"
-    ),
+    *UNCLOSED_BY_A_FAULT,
 ]
 
 T = TypeVar("T")
