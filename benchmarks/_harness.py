@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import cProfile
 import math
 import os
+import pstats
 import random
 import re
 import statistics
@@ -696,3 +698,202 @@ async def profile_rounds(measured: Round, *, seconds: float, max_rounds: int | N
         await _profiled_call(whole_round, done)
         done += 1
     return done
+
+
+# --- in-process profiles (cProfile) ----------------------------------------------------------
+@dataclass(frozen=True)
+class CProfiled:
+    """Rounds of one scenario run under cProfile (see :func:`cprofile_rounds`)."""
+
+    stats: pstats.Stats
+    ops: int
+    """Operations the profiled rounds did."""
+    seconds: float
+    """Wall time of the profiled rounds."""
+    rounds: int
+
+
+async def cprofile_rounds(measured: Round, *, rounds: int) -> CProfiled:
+    """Run ``measured`` once to warm up, then ``rounds`` times under cProfile, in this
+    process and thread: whatever runs on the event loop meanwhile (the measured calls, the
+    background tasks of the open clients) is profiled."""
+    await measured()  # warm-up: connections, script cache, first-use costs
+    profiler = cProfile.Profile()
+    ops = 0
+    started = time.perf_counter()
+    profiler.enable()
+    try:
+        for _ in range(rounds):
+            done, _, _ = await measured()
+            ops += done
+    finally:
+        profiler.disable()
+    seconds = time.perf_counter() - started
+    return CProfiled(pstats.Stats(profiler), ops, seconds, rounds)
+
+
+PROFILE_AREAS: tuple[str, ...] = (
+    "zen_async/store/mux.py",
+    "zen_async/store (other)",
+    "zen_async/agents",
+    "zen_async/metrics",
+    "zen_async/degraded",
+    "other zen_async",
+    "redis-py",
+    "hiredis/C builtins",
+    "asyncio/event loop",
+    "pydantic",
+    "orjson",
+    "other",
+)
+"""The areas :func:`cprofile_section` sums own time by, in its order."""
+IDLE_AREA = "idle: waiting in select/epoll (asyncio loop)"
+"""Own time of the selector's poll: the loop waiting for replies or timers, not work."""
+
+_POLLS = frozenset(
+    {
+        "<method 'poll' of 'select.epoll' objects>",
+        "<method 'poll' of 'select.poll' objects>",
+        "<method 'control' of 'select.kqueue' objects>",
+        "<built-in method select.select>",
+    }
+)
+"""The selectors' waits, as cProfile names them."""
+
+_PyFunction = tuple[str, int, str]
+"""A pstats key: (file, first line, function); ``("~", 0, "<built-in ...>")`` for C code."""
+
+
+def profile_area(function: _PyFunction) -> str:
+    """Which of :data:`PROFILE_AREAS` (or :data:`IDLE_AREA`) a profiled function's own time
+    belongs to."""
+    file, _, name = function
+    if file == "~":  # C code called from Python: by the object or module it belongs to
+        if "orjson" in name:
+            return "orjson"
+        if "pydantic" in name:
+            return "pydantic"
+        if name in _POLLS:
+            return IDLE_AREA
+        if any(m in name for m in ("uvloop", "_asyncio", "_socket", "select.")):
+            return "asyncio/event loop"
+        return "hiredis/C builtins"
+    path = file.replace("\\", "/")
+    for marker, area in (
+        ("/zen_async/store/mux.py", "zen_async/store/mux.py"),
+        ("/zen_async/store/", "zen_async/store (other)"),
+        ("/zen_async/agents/", "zen_async/agents"),
+        ("/zen_async/metrics", "zen_async/metrics"),
+        ("/zen_async/degraded", "zen_async/degraded"),
+        ("/zen_async/", "other zen_async"),
+        ("/redis/", "redis-py"),  # before asyncio: redis/asyncio/...
+        ("/hiredis/", "hiredis/C builtins"),
+        ("/asyncio/", "asyncio/event loop"),
+        ("/selectors.py", "asyncio/event loop"),
+        ("/uvloop/", "asyncio/event loop"),
+        ("/pydantic", "pydantic"),  # pydantic and pydantic_core
+        ("/orjson/", "orjson"),
+    ):
+        if marker in path:
+            return area
+    return "other"
+
+
+def _module_of(file: str) -> str:
+    """The dotted module name of a Python file, as far as its path tells."""
+    parts = list(Path(file).with_suffix("").parts)
+    module = parts[-1] if parts else file
+    for anchor in ("site-packages", "dist-packages", "zen_async", "benchmarks", "tests"):
+        if anchor in parts:
+            at = len(parts) - 1 - parts[::-1].index(anchor)
+            kept = parts[at + 1 :] if anchor.endswith("-packages") else parts[at:]
+            module = ".".join(kept) or module
+            break
+    else:
+        stdlib = [i for i, p in enumerate(parts) if re.fullmatch(r"python3\.\d+", p)]
+        if stdlib:
+            module = ".".join(parts[stdlib[-1] + 1 :]) or module
+    return module.removesuffix(".__init__")
+
+
+def _function_label(function: _PyFunction) -> str:
+    """``module:function (l.N)`` of a profiled function; a C function by its own name."""
+    file, line, name = function
+    return name if file == "~" else f"{_module_of(file)}:{name} (l.{line})"
+
+
+def cprofile_section(
+    stats: pstats.Stats,
+    title: str,
+    *,
+    ops: int,
+    seconds: float,
+    rounds: int | None = None,
+    top: int = 15,
+) -> str:
+    """A markdown section "Where the time goes: ``title``" of a cProfile run that did
+    ``ops`` operations in ``seconds`` of wall time (over ``rounds`` rounds after a warm-up,
+    when given): the ``top`` functions by own time (calls, own and cumulative ms), then own
+    time summed by area (:data:`PROFILE_AREAS`)."""
+    raw: dict[_PyFunction, tuple[int, int, float, float, Any]] = vars(stats)["stats"]
+    total = sum(tt for _, _, tt, _, _ in raw.values())
+    heading = f"### Where the time goes: {title}\n"
+    if total <= 0:
+        return heading + "\ncProfile recorded nothing.\n"
+    rate = ops / seconds if seconds > 0 else math.nan
+    heaviest = sorted(raw.items(), key=lambda item: item[1][2], reverse=True)[:top]
+    areas: dict[str, float] = dict.fromkeys(PROFILE_AREAS, 0.0)
+    modules: dict[str, dict[str, float]] = {}  # area -> own time by module (C: by function)
+    functions: dict[str, dict[str, float]] = {}  # area -> own time by function
+    for function, (_, _, tt, _, _) in raw.items():
+        area = profile_area(function)
+        areas[area] = areas.get(area, 0.0) + tt
+        file, _, name = function
+        for by, key in (
+            (modules.setdefault(area, {}), name if file == "~" else _module_of(file)),
+            (functions.setdefault(area, {}), _function_label(function)),
+        ):
+            by[key] = by.get(key, 0.0) + tt
+
+    def parts(area: str) -> str:
+        """The area's 3 largest modules, or functions when it is one module."""
+        by = modules.get(area, {})
+        if len(by) == 1:
+            by = functions[area]
+        largest = sorted(by.items(), key=lambda item: item[1], reverse=True)[:3]
+        return "; ".join(f"`{name}` {1000 * tt:,.1f}" for name, tt in largest)
+
+    shown = [*PROFILE_AREAS, *([IDLE_AREA] if areas.get(IDLE_AREA, 0.0) > 0 else [])]
+    lines = [
+        heading,
+        "cProfile, in-process"
+        + ("" if rounds is None else f", {rounds} round(s) after a warm-up")
+        + f": {ops:,} operations in {seconds:.2f} s of wall time "
+        f"({rate:,.0f} ops/s under the profiler); {total:.2f} s of own time recorded in "
+        "profiled functions (the rest: C code that cProfile does not see, such as uvloop's "
+        "loop when it runs, and the profiler itself). cProfile inflates the cost "
+        "of every Python call (a hook runs on each call and each resumed coroutine, which it "
+        "also counts as a call), and garbage collection pauses land on whatever function was "
+        "running: read the shares, not the absolute figures.",
+        "",
+        f"Top {len(heaviest)} functions by own time:",
+        "",
+        "| function | calls | own ms | cumulative ms |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| `{_function_label(function)}` | {nc:,} | {1000 * tt:,.1f} | {1000 * ct:,.1f} |"
+            for function, (_, nc, tt, ct, _) in heaviest
+        ),
+        "",
+        "Own time by area:",
+        "",
+        "| area | own ms | share | largest parts (own ms) |",
+        "|---|---:|---:|---|",
+        *(
+            f"| {area} | {1000 * areas[area]:,.1f} | {100 * areas[area] / total:.1f}% "
+            f"| {parts(area)} |"
+            for area in shown
+        ),
+        "",
+    ]
+    return "\n".join(lines)

@@ -168,6 +168,8 @@ async def _transport(url: str, *, quick: bool, profile: bool) -> ModuleRun:
     from benchmarks import transport  # noqa: PLC0415 - a module is imported only when it runs
 
     made = await transport.run(url, quick=quick)
+    if profile and not quick:
+        made.outcome.profiles = await transport.profiles(url, made.outcome.checks)
     return ModuleRun(made.comparisons, made.markdown(), made.extra())
 
 

@@ -4,7 +4,7 @@
 in flight), each next to raw redis-py doing the same commands on the same server in the same
 run, and next to what the server does for the same work when the client is not in the way.
 
-    python -m benchmarks.transport [--quick] [--url redis://127.0.0.1:6379]
+    python -m benchmarks.transport [--quick] [--url redis://127.0.0.1:6379] [--no-profile]
 
 Without --url it starts its own redis-server on a free loopback port. Every key it writes
 lives under two tenants of its own (``bench-<hex>`` and ``bench-<hex>p``), removed at the end.
@@ -53,6 +53,13 @@ at a time.
    ``{z<shard>}``), HGETALL and GET. Its node pools raise instead of waiting when full, so
    it may open a connection per call in flight on each node (``cluster_client``).
 
+In full mode (unless --no-profile), the zen (multiplexed) side of each missed target's
+scenario (transitions x ``agents``, ``get_agent`` x ``agents``, one caller, closed loop; each
+scenario once) is then profiled in-process with cProfile, on a bench opened again for it, for
+a few rounds after a warm-up, and a "Where the time goes" section added to the report: the
+heaviest functions by own time and own time by area (see ``cprofile_section`` in
+``benchmarks._harness``). The Cluster targets are not profiled.
+
 The agents are created through an ``AgentStateManager`` built like ``zen.agents`` but with a
 one-hour lease, so that the reaper does not reap them half-way through the run. The machine
 may be shared: each group is measured again (up to 3 times in full mode) while other
@@ -84,6 +91,8 @@ from benchmarks._harness import (
     Outcome,
     Round,
     calls_round,
+    cprofile_rounds,
+    cprofile_section,
     drop_tenant,
     measure_rounds,
     raw_client,
@@ -1040,13 +1049,83 @@ def _notes(
     return notes
 
 
+# --- profiles of missed targets --------------------------------------------------------------
+PROFILED: Final = {
+    # check target prefix -> profiled scenario (a key of names())
+    "transitions x": "t_mux",
+    "get_agent x": "g_mux",
+    "one caller:": "s_mux",
+    "closed loop x": "l_mux",
+}
+PROFILE_ROUNDS: Final = 3
+"""Profiled rounds of each scenario (after a warm-up round), but the closed loop's."""
+PROFILE_CLOSED_ROUNDS: Final = 2
+
+
+def missed_scenarios(checks: Sequence[Check]) -> list[str]:
+    """The profiled scenarios of the missed targets, each once, in order."""
+    found: list[str] = []
+    for check in checks:
+        scenario = next((s for p, s in PROFILED.items() if check.target.startswith(p)), None)
+        if not check.passed and scenario is not None and scenario not in found:
+            found.append(scenario)
+    return found
+
+
+def profiled_round(b: Bench, scenario: str) -> tuple[Round, int]:
+    """The zen (multiplexed) round of ``scenario`` (a key of :data:`PROFILED`'s values),
+    as the measurement runs it, and how many rounds to profile."""
+    fleet, sizes = b.mux_fleet, b.sizes
+    if scenario == "t_mux":
+        return calls_round(b.zen_transition(fleet), sizes.agents, concurrent=True), PROFILE_ROUNDS
+    if scenario == "g_mux":
+        return calls_round(b.zen_get_agent(fleet), sizes.agents, concurrent=True), PROFILE_ROUNDS
+    if scenario == "s_mux":
+        return calls_round(one_caller(b.zen_transition(fleet)), sizes.singles), PROFILE_ROUNDS
+    if scenario == "l_mux":
+        loop = closed_round(b.zen_transition(fleet), sizes.agents, duration=sizes.closed_seconds)
+        return loop, PROFILE_CLOSED_ROUNDS
+    raise ValueError(f"no profile for scenario {scenario!r}")
+
+
+async def profile_scenario(b: Bench, scenario: str, *, rounds: int | None = None) -> str:
+    """A "Where the time goes" section: ``scenario``'s zen round under cProfile for
+    ``rounds`` rounds (default: :func:`profiled_round`'s) after a warm-up round."""
+    measured, default = profiled_round(b, scenario)
+    made = await cprofile_rounds(measured, rounds=default if rounds is None else rounds)
+    return cprofile_section(
+        made.stats, names(b.sizes)[scenario], ops=made.ops, seconds=made.seconds, rounds=made.rounds
+    )
+
+
+async def profiles(url: str, checks: Sequence[Check], *, sizes: Sizes = FULL) -> list[str]:
+    """A cProfile section of the zen (multiplexed) side of every missed target's scenario
+    (see :data:`PROFILED`), on a bench opened for them; each starts in a quiet moment if one
+    comes."""
+    missed = missed_scenarios(checks)
+    if not missed:
+        return []
+    out = []
+    async with _opened(url, sizes) as b:
+        watch = CpuWatch(await server_pid(url, lambda: b.raw.info("server")))
+        for scenario in missed:
+            await watch.wait_quiet(25.0, patience=30.0)
+            out.append(await profile_scenario(b, scenario))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="few operations: a smoke run")
     parser.add_argument("--url", help="measure against this server instead of a private one")
+    parser.add_argument(
+        "--no-profile", action="store_true", help="skip the cProfile sections of missed targets"
+    )
     args = parser.parse_args(argv)
     with server_url(args.url) as url:
         made = asyncio.run(run(url, quick=args.quick))
+        if not args.quick and not args.no_profile:
+            made.outcome.profiles = asyncio.run(profiles(url, made.outcome.checks))
     report = made.markdown()
     if not args.quick:
         save("transport", made.comparisons, {"loop": "asyncio", **made.extra()})

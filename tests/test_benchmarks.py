@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import importlib.util
+import math
 import os
 import shutil
 from pathlib import Path
@@ -13,7 +16,18 @@ import pytest
 from matplotlib.image import imread
 
 from benchmarks import agents, cluster, core, events, fleet, op_ids, run, scaling, tasks, transport
-from benchmarks._harness import RESULTS, table
+from benchmarks._harness import (
+    IDLE_AREA,
+    PROFILE_AREAS,
+    RESULTS,
+    Comparison,
+    Measure,
+    calls_round,
+    cprofile_rounds,
+    cprofile_section,
+    profile_area,
+    table,
+)
 from zen_async.testing.deployments import Target
 
 
@@ -353,3 +367,62 @@ def test_transport_benchmark_quick_mode_measures_both_transports_and_every_targe
     assert report.count("PASS") + report.count("**MISS**") == len(data["checks"])
     assert "Little's law" in report
     assert f"### {cluster.CLUSTER}: transitions" in report
+
+
+async def test_cprofile_section_shows_the_heaviest_functions_and_every_area() -> None:
+    async def toy(n: int) -> int:
+        await asyncio.sleep(0)
+        return int(len(orjson.dumps(list(range(n)))) > 0)
+
+    made = await cprofile_rounds(calls_round(toy, 20, concurrent=True), rounds=2)
+    assert (made.ops, made.rounds) == (40, 2)
+    text = cprofile_section(made.stats, "toy", ops=made.ops, seconds=made.seconds, rounds=2, top=5)
+    assert text.startswith("### Where the time goes: toy\n")
+    assert "2 round(s) after a warm-up: 40 operations in " in text
+    assert "read the shares, not the absolute figures" in text
+    functions = text.split("| function | calls | own ms | cumulative ms |")[1].split("\n\n")[0]
+    assert functions.count("\n| `") == 5
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "% |" in line]
+    assert [r.split(" | ")[0][2:] for r in rows][: len(PROFILE_AREAS)] == list(PROFILE_AREAS)
+    shares = [float(r.split(" | ")[2].rstrip("%")) for r in rows]
+    assert math.isclose(sum(shares), 100, abs_tol=0.1 * len(shares))
+
+
+def test_profile_area_sorts_functions_by_package() -> None:
+    site = "/v/lib/python3.11/site-packages"
+    assert profile_area(("/r/zen_async/store/mux.py", 1, "call")) == "zen_async/store/mux.py"
+    assert profile_area(("/r/zen_async/store/keyspace.py", 1, "get")) == "zen_async/store (other)"
+    assert profile_area(("/r/zen_async/agents/state.py", 1, "f")) == "zen_async/agents"
+    assert profile_area(("/r/zen_async/metrics/service.py", 1, "f")) == "zen_async/metrics"
+    assert profile_area(("/r/zen_async/degraded/mode.py", 1, "f")) == "zen_async/degraded"
+    assert profile_area(("/r/zen_async/events/log.py", 1, "f")) == "other zen_async"
+    assert profile_area((f"{site}/redis/asyncio/client.py", 1, "f")) == "redis-py"
+    assert profile_area(("/u/lib/python3.11/asyncio/tasks.py", 1, "f")) == "asyncio/event loop"
+    assert profile_area((f"{site}/pydantic/main.py", 1, "f")) == "pydantic"
+    assert profile_area(("~", 0, "<method 'gets' of 'hiredis.Reader' objects>")) == (
+        "hiredis/C builtins"
+    )
+    assert profile_area(("~", 0, "<built-in method orjson.dumps>")) == "orjson"
+    assert profile_area(("~", 0, "<method 'poll' of 'select.epoll' objects>")) == IDLE_AREA
+    assert profile_area(("/u/lib/python3.11/uuid.py", 1, "uuid4")) == "other"
+
+
+def test_transport_profiles_the_scenario_of_each_missed_standalone_target_once() -> None:
+    m = Measure("m", 1000.0, 1.0, 1.0, 1, 1)
+    three = [Comparison(m, m)] * 3
+    checks = transport._checks(
+        transport.FULL,
+        transitions=three,
+        ceiling=m,
+        get_agent=three,
+        single=three,
+        loop=m,
+        floor_ms=1.0,
+        on_cluster=transport.OnCluster(three, three, three, 1),
+    )
+    missed = [dataclasses.replace(c, measured=0.0 if c.kind == "min" else math.inf) for c in checks]
+    assert all(not c.passed for c in missed)
+    assert transport.missed_scenarios(missed) == ["t_mux", "g_mux", "s_mux", "l_mux"]
+    assert transport.missed_scenarios(missed[1:2] + missed[5:]) == ["t_mux"]
+    passed = [dataclasses.replace(c, measured=c.limit) for c in checks]
+    assert transport.missed_scenarios(passed) == []
