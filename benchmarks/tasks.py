@@ -15,10 +15,10 @@ call).
 
 - zen: ``tasks.create_task`` per task (or ``tasks.create_tasks``), on a zen with a pool of
   C connections (arq's pool has no limit); C = 100 consumer coroutines, each an agent
-  (``w<j>``), loop ``claim_next`` (which also leases the agent a port for the task) →
-  ``update_status(running)`` → ``complete`` with a small result (which releases the port)
-  until ``claim_next`` finds nothing. After each round: every task completed, none claimed
-  twice (read back from the server).
+  (``w<j>``), loop ``claim_next(start=True)`` (which also leases the agent a port for the
+  task and starts it: one script call on standalone and Sentinel) → ``complete`` with a
+  small result (which releases the port) until ``claim_next`` finds nothing. After each
+  round: every task completed, none claimed twice (read back from the server).
 - arq: ``benchmarks/_arq_side.py`` in its own virtualenv (``benchmarks/.arq-venv``, made on
   first use with pip: arq pins ``redis<6``, which cannot live beside zen_async's
   ``redis>=8.1``; pip would otherwise fall back to arq 0.25, which has no upper pin but
@@ -233,9 +233,8 @@ class ZenSide:
 
         async def consume(j: int) -> None:
             me = f"w{j}"
-            while (task := await tasks.claim_next(agent_type, me)) is not None:
+            while (task := await tasks.claim_next(agent_type, me, start=True)) is not None:
                 claims[task.task_id] = claims.get(task.task_id, 0) + 1
-                await tasks.update_status(task.task_id, TaskStatus.RUNNING)
                 await tasks.complete(task.task_id, {"ok": True})
                 done[task.task_id] = time.perf_counter()
 
@@ -359,11 +358,13 @@ async def run(url: str, *, quick: bool) -> Outcome:
         f"arq side: {versions}, in {ARQ_VENV.relative_to(HERE.parent)} (arq pins redis<6; "
         "zen_async needs redis>=8.1), DB "
         f"{ARQ_DB} of the same server; its keys are deleted at the end.",
-        "Per task, zen makes a claim script call, a port lease (script) and its record in "
-        "the task, a status change to running and one to completed (each a script, the "
-        "latter putting the lease in the release outbox), the lease release, and an audit "
-        "event per status change; arq makes a WATCH/MULTI enqueue, a WATCH/MULTI start, a "
-        "read pipeline and a finish pipeline, and polls its queue.",
+        "Per task, zen makes one script call that claims the task, leases its port, "
+        "records the lease, starts the task and appends its task_starting and task_running "
+        "events (claim_next(start=True); on Cluster a claim, a lease and a record-and-start "
+        "call), the port_allocated event, a status change to completed (a script putting "
+        "the lease in the release outbox), the lease release with its event and the "
+        "task_completed event; arq makes a WATCH/MULTI enqueue, a WATCH/MULTI start, a read "
+        "pipeline and a finish pipeline, and polls its queue.",
         "Both sides run in their own process on the same 2-core machine as the server (and "
         "other work): figures are noisy.",
     ]

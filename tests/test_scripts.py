@@ -76,3 +76,17 @@ async def test_set_many_writes_every_value_and_ttl_on_every_topology(zen: Zen) -
     assert await ks.execute("PTTL", next(iter(plain))) == -1
     assert await ks.mget(list(plain)) == [b"v"] * 20
     await ks.set_many({})
+
+
+def test_the_one_step_claim_leases_with_the_allocators_own_steps() -> None:
+    """task_claim_lease takes its port with the port scripts' shared code (the lease, the
+    reclaim of expired leases, the capacity message) and appends its events with the agent
+    scripts' (one format for every event); it and task_lease_start may be resent."""
+    registry = ScriptRegistry.load()
+    source = registry["task_claim_lease"].source
+    for function in ("drop", "ensure_free", "reclaim_expired", "lowest_free", "lease_port"):
+        assert f"local function {function}(" in source
+    assert "local function exhausted(" in source
+    assert "local function emit_agent_event(" in source
+    assert registry["task_claim_lease"].idempotent
+    assert registry["task_lease_start"].idempotent

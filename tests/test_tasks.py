@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from zen_async import (
+    BackendError,
     CapacityError,
     ConflictError,
     InvalidTransitionError,
@@ -25,6 +26,7 @@ from zen_async import (
     Zen,
     open_zen,
 )
+from zen_async.agents._shards import shard_of
 from zen_async.agents.ports import PortAllocator
 from zen_async.agents.tasks import (
     TASK_TRANSITIONS,
@@ -34,7 +36,7 @@ from zen_async.agents.tasks import (
     TaskStatus,
 )
 from zen_async.store import Arg
-from zen_async.testing.deployments import Target
+from zen_async.testing.deployments import Deployments, Target
 from zen_async.testing.waiting import wait_for
 
 S = TaskStatus
@@ -327,24 +329,256 @@ async def test_no_free_port_puts_the_task_back_at_its_place(standalone: Target) 
         assert (second.task_id, second.agent_port, second.attempts) == ("two", 20000, 1)
 
 
-async def test_a_task_cancelled_while_its_port_is_leased_is_skipped(szen: Zen) -> None:
+@pytest.fixture
+def cluster(deployments: Deployments) -> Target:
+    """The shared Redis 7.0 Cluster, flushed: where a claim takes several steps."""
+    found = Target("redis", "cluster", deployments.get("redis", "cluster"))
+    found.flush()
+    return found
+
+
+async def test_a_task_cancelled_while_its_port_is_leased_is_skipped(cluster: Target) -> None:
+    """On Cluster the lease is a step of its own between the claim and its record: a task
+    cancelled in that window is skipped and the lease taken for it released."""
     victims = ["victim"]
 
     async def cancel_first_victim(event_type: str, agent_id: str, data: dict[str, Any]) -> None:
         if event_type == "port_allocated" and victims:
             await tasks.cancel(victims.pop())
 
-    ports = PortAllocator(szen.redis, on_event=cancel_first_victim)
+    async with open_zen(cluster.settings()) as zen:
+        ports = PortAllocator(zen.redis, on_event=cancel_first_victim)
+        tasks = AgentTaskManager(zen.redis, ports=ports, events=zen.events)
+        for start in (False, True):
+            victims.append("victim")
+            await tasks.create_task("racy", {}, task_id="victim", priority=1)
+            await tasks.create_task("racy", {}, task_id="next")
+            claimed = await tasks.claim_next("racy", "w", start=start)
+            assert claimed is not None
+            assert claimed.task_id == "next"
+            assert claimed.status is (S.RUNNING if start else S.STARTING)
+            victim = await tasks.get_task("victim")
+            assert victim is not None
+            assert victim.status is S.CANCELLED
+            assert [lease.port for lease in await ports.leases("w")] == [claimed.agent_port]
+            await tasks.cancel("next")
+            for task_id in ("victim", "next"):
+                await tasks.delete_task(task_id)
+            victims.clear()
+
+
+async def test_a_one_step_claim_shows_no_half_done_state(szen: Zen) -> None:
+    """Standalone and Sentinel: by the time the port lease exists, the task already holds
+    it, with its start, and the events are in its agent's audit trail (one script did it
+    all), never a claimed task without its port. A cancel right after the claim releases
+    the port as for any running task."""
+    seen: list[tuple[S, int | None, int, list[str]]] = []
+
+    async def look(event_type: str, agent_id: str, data: dict[str, Any]) -> None:
+        if event_type == "port_allocated":
+            task = await tasks.get_task("first")
+            assert task is not None
+            trail = [e.type for e in await szen.events.audit_trail(agent_id)]
+            seen.append((task.status, task.agent_port, data["port"], trail))
+            await tasks.cancel("first")
+
+    ports = PortAllocator(szen.redis, on_event=look)
     tasks = AgentTaskManager(szen.redis, ports=ports, events=szen.events)
-    await tasks.create_task("racy", {}, task_id="victim", priority=1)
-    await tasks.create_task("racy", {}, task_id="next")
-    claimed = await tasks.claim_next("racy", "w")
+    await tasks.create_task("atomic", {}, task_id="first")
+    claimed = await tasks.claim_next("atomic", "w", start=True)
     assert claimed is not None
-    assert claimed.task_id == "next"
-    victim = await tasks.get_task("victim")
-    assert victim is not None
-    assert victim.status is S.CANCELLED
-    assert [lease.port for lease in await ports.leases("w")] == [claimed.agent_port]
+    assert (claimed.task_id, claimed.status) == ("first", S.RUNNING)
+    assert seen == [
+        (S.RUNNING, claimed.agent_port, claimed.agent_port, ["task_starting", "task_running"])
+    ]
+    assert await ports.leases("w") == [], "the cancel released the claim's port"
+
+
+async def test_claiming_with_start_leases_records_and_starts_on_every_topology(zen: Zen) -> None:
+    tasks = tasks_of(zen)
+    created = await tasks.create_task("starter", {"job": 1}, task_id="go", timeout_seconds=60)
+    claimed = await tasks.claim_next("starter", "w", process_id=7, start=True)
+    assert claimed is not None
+    assert (claimed.task_id, claimed.status, claimed.agent_id, claimed.process_id) == (
+        "go",
+        S.RUNNING,
+        "w",
+        7,
+    )
+    assert (claimed.attempts, claimed.version) == (1, created.version + 2)
+    assert claimed.agent_port is not None
+    assert claimed.deadline is not None
+    assert timedelta(0) < claimed.deadline - claimed.updated_at <= timedelta(seconds=60)
+    assert await tasks.get_task("go") == claimed
+    assert await leased_ports(zen, "w") == [claimed.agent_port]
+    assert await zen.ports.renew_agent("w") == 1, "the agent's heartbeat finds the lease"
+    counts = await tasks.count_by_status(agent_type="starter")
+    assert (counts[S.PENDING], counts[S.STARTING], counts[S.RUNNING]) == (0, 0, 1)
+    trail = await zen.events.audit_trail("w")
+    task_trail = [(e.type, e.data) for e in trail if e.type.startswith("task_")]
+    assert task_trail == [
+        (
+            "task_starting",
+            {
+                "task_id": "go",
+                "agent_type": "starter",
+                "from": "pending",
+                "status": "starting",
+                "attempts": 1,
+                "version": claimed.version - 1,
+                "port": claimed.agent_port,
+            },
+        ),
+        (
+            "task_running",
+            {
+                "task_id": "go",
+                "agent_type": "starter",
+                "from": "starting",
+                "status": "running",
+                "attempts": 1,
+                "version": claimed.version,
+                "port": claimed.agent_port,
+            },
+        ),
+    ]
+    assert "port_allocated" in [e.type for e in trail]
+    with pytest.raises(InvalidTransitionError):
+        await tasks.update_status("go", "running")
+    done = await tasks.complete("go", {"ok": True})
+    assert (done.status, done.version) == (S.COMPLETED, claimed.version + 1)
+    assert await leased_ports(zen, "w") == [], "completing released the port"
+    assert await tasks.claim_next("starter", "w", start=True) is None
+
+
+async def test_no_free_port_leaves_a_one_step_claim_undone(standalone: Target) -> None:
+    """The capacity check comes before any write: the task stays exactly as it was, and
+    the claimer is not noted on the host."""
+    settings = standalone.settings(
+        redis_port_range_start=20000,
+        redis_port_range_end=20001,
+        redis_alert_port_failures_per_minute=0,
+    )
+    async with open_zen(settings) as zen:
+        tasks = tasks_of(zen)
+        for task_id in ("one", "two"):
+            await tasks.create_task("narrow", {}, task_id=task_id)
+        first = await tasks.claim_next("narrow", "w1", start=True)
+        assert first is not None
+        before = await tasks.get_task("two")
+        with pytest.raises(CapacityError, match="20000-20001"):
+            await tasks.claim_next("narrow", "w2", start=True)
+        assert await tasks.get_task("two") == before, "not claimed, not bumped, not touched"
+        assert await leased_ports(zen, "w2") == []
+        hosts_key = zen.ports.hosts_prefix(shard_of("w2", zen.settings.redis_agent_shards))
+        state = zen.redis.keyspace("state")
+        assert await state.execute("EXISTS", hosts_key + "w2:hosts") == 0
+        assert [e.type for e in await zen.events.audit_trail("w2")] == []
+        status = await zen.redis.check_health()
+        assert "port_allocation_failures" in [a["name"] for a in status["alerts"]]
+        await tasks.complete("one", None)
+        second = await tasks.claim_next("narrow", "w2", start=True)
+        assert second is not None
+        assert (second.task_id, second.agent_port, second.status) == ("two", 20000, S.RUNNING)
+
+
+@pytest.mark.parametrize("layout", ["databases", "prefixed"])
+async def test_a_one_step_claim_works_in_either_layout(standalone: Target, layout: str) -> None:
+    """The task keys and the host's port keys are in two DBs (databases: the script SELECTs
+    the state DB) or in one (prefixed)."""
+    async with open_zen(standalone.settings(redis_db_layout=layout)) as zen:
+        tasks = tasks_of(zen)
+        assert (zen.redis.keyspace("tasks").db == zen.redis.keyspace("state").db) is (
+            layout == "prefixed"
+        )
+        await tasks.create_task("either", {}, task_id="e1")
+        claimed = await tasks.claim_next("either", "w", start=True)
+        assert claimed is not None
+        assert claimed.status is S.RUNNING
+        assert await leased_ports(zen, "w") == [claimed.agent_port]
+        assert [e.type for e in await zen.events.audit_trail("w")] == [
+            "task_starting",
+            "task_running",
+            "port_allocated",
+        ]
+        await tasks.complete("e1", None)
+        assert await leased_ports(zen, "w") == []
+
+
+async def test_a_resent_one_step_claim_leases_once(szen: Zen) -> None:
+    """task_claim_lease is resent after a lost reply: the resend returns the same task and
+    leases no second port."""
+    tasks = tasks_of(szen)
+    await tasks.create_task("again", {}, task_id="a1")
+    await tasks.create_task("again", {}, task_id="a2")
+    ks = szen.redis.keyspace("tasks")
+    prefix = ks.key("{q:again}") + ":"
+    step = await szen.ports.lease_step("w")
+    same_db = ks.db == step.db
+    call: Call = (
+        [prefix + "queue", prefix + "op:resend", *step.keys],
+        [
+            prefix,
+            "w",
+            "",
+            60_000,
+            *(["", ""] if same_db else [ks.db, step.db]),
+            *step.args,
+            "1",
+            "",
+            0,
+            "",
+            "",
+            ",",
+        ],
+    )
+    first = await ks.run_script("task_claim_lease", *call)
+    again = await ks.run_script("task_claim_lease", *call)
+    assert (first[0], again[0]) == (b"claimed", b"replayed")
+    assert again[3] == first[3], "the resend returns the task the first send claimed"
+    assert (await szen.ports.stats()).in_use == 1, "one lease"
+    a2 = await tasks.get_task("a2")
+    assert a2 is not None
+    assert a2.status is S.PENDING
+
+
+async def test_one_step_events_are_redacted_as_published_ones(standalone: Target) -> None:
+    async with open_zen(standalone.settings(redis_redact_fields="port,token")) as zen:
+        tasks = tasks_of(zen)
+        await tasks.create_task("secretive", {}, task_id="s1")
+        claimed = await tasks.claim_next("secretive", "w", start=True)
+        assert claimed is not None
+        assert claimed.agent_port is not None, "the task itself keeps its port"
+        events = [e for e in await zen.events.audit_trail("w") if e.type.startswith("task_")]
+        assert [e.data["port"] for e in events] == ["[redacted]", "[redacted]"]
+        assert [e.data["task_id"] for e in events] == ["s1", "s1"]
+
+
+async def test_a_stored_task_that_does_not_decode_is_a_backend_error(szen: Zen) -> None:
+    """Reads build tasks without running the model's validation again, yet refuse what it
+    would refuse: a hash written by hand or by another version is a typed error naming
+    the task, never a task with wrong types."""
+    tasks = tasks_of(szen)
+    ks = szen.redis.keyspace("tasks")
+    key = ks.key("{q:broken}") + ":task:"
+    for task_id, field, value in (
+        ("bad-status", "status", "sleeping"),
+        ("bad-request", "req", b"\x01[1, 2]"),
+        ("bad-codec", "req", b"\x09{}"),
+        ("bad-number", "att", "many"),
+        ("bad-time", "created", "yesterday"),
+    ):
+        await tasks.create_task("broken", {}, task_id=task_id)
+        await ks.execute("HSET", key + task_id, field, value)
+        with pytest.raises(BackendError, match=f"task '{task_id}' is stored but cannot be"):
+            await tasks.get_task(task_id)
+        with pytest.raises(BackendError, match=task_id):
+            await tasks.list_tasks(agent_type="broken")
+        assert await tasks.delete_task(task_id)
+    await tasks.create_task("broken", {"fine": True}, task_id="fine")
+    fine = await tasks.get_task("fine")
+    assert fine is not None
+    assert fine == AgentTask.model_validate(fine.model_dump()), "as validation builds it"
 
 
 async def test_one_of_many_concurrent_writers_wins(szen: Zen) -> None:

@@ -95,7 +95,7 @@ from zen_async.errors import CapacityError, ValidationError
 from zen_async.store import Arg, Keyspace, RedisManager
 from zen_async.store.health import PORT_ALLOCATION_FAILURE
 
-__all__ = ["PortAllocator", "PortEventHook", "PortLease", "PortStats"]
+__all__ = ["LeaseStep", "PortAllocator", "PortEventHook", "PortLease", "PortStats"]
 
 log = structlog.get_logger(__name__)
 
@@ -141,6 +141,30 @@ class PortLease:
     agent_id: str
     token: int
     expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseStep:
+    """What a script that leases a port as one part of a larger atomic step needs (the
+    one-step task claim, ``task_claim_lease.lua``): from :meth:`PortAllocator.lease_step`.
+
+    Attributes:
+        agent_id: the owner-to-be.
+        host: the machine (the allocator's).
+        port_range: ``(start, end)``, end exclusive: the configured range.
+        db: the DB of the state keyspace, where the host's keys live.
+        keys: the host's lease keys (``free used exp owner byagent quar resv``), its
+            fencing-token counter and the agent's host index, in that order.
+        args: the holder, the range's start and end, the lease TTL in ms, how many expired
+            leases to reclaim first, the host, and the host index's grace in ms.
+    """
+
+    agent_id: str
+    host: str
+    port_range: tuple[int, int]
+    db: int
+    keys: tuple[str, ...]
+    args: tuple[Arg, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +387,76 @@ class PortAllocator:
             ValidationError, CapacityError: as :meth:`allocate`.
         """
         return (await self.allocate(agent_id, port_range=port_range)).port
+
+    # --- leases taken by another operation's script ------------------------------------
+    @property
+    def leases_in_scripts(self) -> bool:
+        """Whether a lease may be taken inside another operation's script (see
+        :meth:`lease_step`): not with ``check_bindable``, which test-binds each port here
+        before it is handed out."""
+        return not self.check_bindable
+
+    async def lease_step(self, agent_id: str) -> LeaseStep:
+        """The keys and arguments of a lease of the configured range on this allocator's
+        host for ``agent_id``, taken inside another script with the steps of
+        ``port_allocate.lua`` (``lib/port_lease.lua``), which also notes the host in the
+        agent's host index. Report its outcome with :meth:`lease_taken` or
+        :meth:`lease_refused`.
+
+        Raises:
+            ValidationError: a bad agent id.
+        """
+        _check_agent(agent_id)
+        host = self.host
+        first, last = self.default_range
+        await self._ready(host)
+        return LeaseStep(
+            agent_id=agent_id,
+            host=host,
+            port_range=(first, last),
+            db=self._ks.db,
+            keys=(
+                *self._lease_keys(host),
+                self._host_key(host, "seq"),
+                self._hosts_key(agent_id),
+            ),
+            args=(
+                self._holder(agent_id),
+                first,
+                last,
+                self._ttl_ms,
+                _RECLAIM_ON_ALLOCATE,
+                host,
+                _HOSTS_GRACE_MS,
+            ),
+        )
+
+    async def lease_taken(
+        self, step: LeaseStep, port: int, token: int, reclaimed: Sequence[Any]
+    ) -> None:
+        """What :meth:`allocate` does after its script, for a lease another script took:
+        the events of the leases reclaimed on the way (flat: port, token, holder) and of
+        this one (``on_event``)."""
+        host = step.host
+        await self._reclaimed(host, reclaimed)
+        log.debug("port_allocated", port=port, host=host, agent_id=step.agent_id)
+        await self._emit(
+            "port_allocated", step.agent_id, {"port": port, "host": host, "fencing_token": token}
+        )
+
+    async def lease_refused(
+        self, step: LeaseStep, message: str, reclaimed: Sequence[Any]
+    ) -> CapacityError:
+        """What :meth:`allocate` does when no port of the range is free, for another
+        script's refusal (``message``: the text of port_allocate.lua's ``CAPACITY`` error):
+        the events of the leases reclaimed on the way, a ``port_allocation_failure`` health
+        event and the log. Returns the error to raise."""
+        await self._reclaimed(step.host, reclaimed)
+        error = CapacityError(message)
+        self._health.record_event(PORT_ALLOCATION_FAILURE)
+        first, last = step.port_range
+        log.warning("port_range_exhausted", host=step.host, start=first, end=last, error=str(error))
+        return error
 
     # --- renewal ------------------------------------------------------------------------
     async def renew(self, lease: PortLease) -> PortLease:

@@ -24,19 +24,37 @@ not. The directory and the messages of a task live in its own tag ``{t:<id>}``, 
 and appending messages never touch the type's slot; ``create_task`` reserves the id in the
 directory (``SET NX``) before the task is written in its type's slot.
 
-Port leases: a claim takes the task (one script), leases a port to the claiming agent through
-:class:`~zen_async.agents.ports.PortAllocator` (another keyspace, so a second step) and records
-the lease (port, host and fencing token) in the task. A task that finishes (completed, failed,
-timeout, cancelled) puts its lease in the type's release outbox *in the same script*; the
-caller then releases the lease and clears the entry. If the caller dies in between, the
-sweeper releases it after ``release_retry`` seconds. Releases are fenced by the token, so a
-late second release can never free a port that was since leased again (even to the same
-agent), which an unfenced ``release_port(agent_id, port)`` would.
+Port leases: a claim takes the task, leases a port to the claiming agent through
+:class:`~zen_async.agents.ports.PortAllocator` and records the lease (port, host and fencing
+token) in the task; ``claim_next(start=True)`` also starts it. Where every key lives on one
+server (standalone, Sentinel) that is ONE script call, ``task_claim_lease.lua``: the claim,
+the lease (the allocator's own steps, ``lib/port_lease.lua``, in the state keyspace's DB,
+reached with SELECT in the databases layout), the agent's host index, its record in the task,
+the start and the task's events, all or nothing; a range with no free port refuses the claim
+before anything is written, so the task stays pending exactly as it was. On Cluster the agent
+type's slot and the host's differ, so a claim is three steps there: take the task
+(``task_claim``), lease the port (``port_allocate``), record it (``task_set_port``; with the
+start, ``task_lease_start``); a task that moved on meanwhile is skipped and its lease
+released, a failed lease gives the task back (``task_unclaim``). So is a claim with an
+allocator that test-binds its ports (``check_bindable``): that check happens here, between the
+lease and its record. A task that finishes (completed, failed, timeout, cancelled) puts its
+lease in the type's release outbox *in the same script*; the caller then releases the lease
+and clears the entry. If the caller dies in between, the sweeper releases it after
+``release_retry`` seconds. Releases are fenced by the token, so a late second release can
+never free a port that was since leased again (even to the same agent), which an unfenced
+``release_port(agent_id, port)`` would.
 
 Events: with an :class:`~zen_async.events.EventLog`, each status change of a task that has an
-agent is published to that agent's audit trail as ``task_<status>`` *after* the task is
-written: best effort, not atomic with the write (a crash in between loses the event, never
-the change).
+agent is published to that agent's audit trail as ``task_<status>``. The claim's events
+(``task_starting``, and ``task_running`` with ``start``) are appended by the one-step claim's
+script itself, atomic with the claim, redacted as a publish would redact them; every other
+one (and a stepwise claim's) is published *after* the task is written: best effort, not
+atomic with the write (a crash in between loses the event, never the change). The lease's
+``port_allocated`` event comes from the allocator's ``on_event`` hook, after the claim.
+
+Reads: a task is built from its stored hash without running the model's validation again
+(each value is checked as it is converted, as validation would check it); a hash that does
+not make a valid task raises a :class:`~zen_async.errors.BackendError` naming it.
 
 Data protection: a task's ``request`` and ``result`` are caller payloads, so fields named in
 ``REDIS_REDACT_FIELDS`` (``api_key``, ``password``, ``token``...; see :mod:`zen_async.redact`)
@@ -64,10 +82,12 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
+from zen_async.agents._records import DECODE_ERRORS, construct
 from zen_async.agents.models import AGENT_TYPE, validate_agent_type
 from zen_async.agents.ports import PortLease
 from zen_async.codec import Codec, refuse_non_finite, refuse_too_deep
 from zen_async.errors import (
+    BackendError,
     ConflictError,
     InvalidTransitionError,
     NotFoundError,
@@ -156,6 +176,8 @@ _SWEEP_BATCH: Final = 500
 _OP_TTL_MS: Final = 60_000  # longer than any retry sequence of one call
 _DIRECTORY_CACHE: Final = 10_000  # task id -> agent type entries remembered per manager
 _EPOCH: Final = datetime.fromtimestamp(0, UTC)
+# The fields of a task event's data (see _emit), for the one-step claim's in-script events.
+_EVENT_FIELDS: Final = ("task_id", "agent_type", "from", "status", "attempts", "version", "port")
 
 
 class AgentTask(BaseModel):
@@ -261,6 +283,11 @@ class AgentTaskManager:
         self._ks: Keyspace = redis.keyspace("tasks", tenant=tenant)
         self._codec = redis.codec
         self._redactor = Redactor.from_settings(redis.settings)
+        # The event fields REDIS_REDACT_FIELDS names, as task_claim_lease.lua takes them: the
+        # events it appends are redacted as EventLog.publish_agent_event would redact them.
+        self._redacted_event_fields = ",".join(
+            ["", *(n for n in _EVENT_FIELDS if self._redactor.redact({n: 0}) != {n: 0}), ""]
+        )
         self._ports = ports
         self._events = events
         self._sweep_interval = float(sweep_interval)
@@ -376,15 +403,7 @@ class AgentTaskManager:
                 continue
             self._remember(p.task_id, p.agent_type)
             at = _from_ms(outcome[0])
-            created[p.task_id] = AgentTask(
-                task_id=p.task_id,
-                agent_type=p.agent_type,
-                request=p.request,
-                created_at=at,
-                updated_at=at,
-                priority=p.priority,
-                timeout_seconds=p.timeout_ms / 1000,
-            )
+            created[p.task_id] = _new_task(p, at)
         for p in prepared:
             if p.task_id in failed:
                 raise failed[p.task_id]
@@ -395,6 +414,8 @@ class AgentTaskManager:
 
         Raises:
             ValidationError: a malformed id.
+            BackendError: the stored task cannot be decoded (written by another version or
+                by hand); the message names it.
         """
         _check_task_id(task_id)
         for fresh in (False, True):
@@ -421,6 +442,7 @@ class AgentTaskManager:
 
         Raises:
             ValidationError: a bad status, type, cursor or limit.
+            BackendError: a stored task of the page cannot be decoded (the message names it).
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_PAGE:
             raise ValidationError(f"limit={limit!r}: expected an integer from 1 to {_MAX_PAGE}")
@@ -494,20 +516,40 @@ class AgentTaskManager:
 
     # --- claim ------------------------------------------------------------------------------
     async def claim_next(
-        self, agent_type: str, agent_id: str, *, process_id: int | None = None
+        self,
+        agent_type: str,
+        agent_id: str,
+        *,
+        process_id: int | None = None,
+        start: bool = False,
     ) -> AgentTask | None:
         """Take the next pending task of ``agent_type`` for ``agent_id``: the highest priority
         first, FIFO within a priority, never a task another claim took. The task moves to
         ``starting`` with ``attempts + 1`` and a deadline (server time + its timeout), and a
         port is leased to the agent for it (``agent_port``).
 
+        On standalone and Sentinel the claim, the port lease, its record in the task, the
+        start (with ``start``) and the task's events are one script call: all of it happens
+        or none of it does. On Cluster, where the agent type's slot and the host's differ,
+        the claim, the lease and its record (with the start) are three steps (see the
+        module's "Port leases"); so also with ``check_bindable`` ports, which are test-bound
+        here between their lease and their record.
+
+        Args:
+            agent_type: the queue to take from.
+            agent_id: the claiming agent.
+            process_id: the process id to record (an integer >= 0), or None.
+            start: also start the task (``running``, as ``update_status(task_id,
+                "running")`` would, with its ``task_running`` event) in the same step.
+
         Returns:
-            The claimed task, or None when nothing is pending.
+            The claimed task (``starting``, or ``running`` with ``start``), or None when
+            nothing is pending.
 
         Raises:
-            ValidationError: a bad type, agent id or process id.
-            CapacityError: no port was free for the agent; the task went back to the queue
-                at its place, as if never claimed.
+            ValidationError: a bad type, agent id, process id or ``start``.
+            CapacityError: no port was free for the agent; the task stays pending at its
+                place, as if never claimed.
         """
         validate_agent_type(agent_type)
         _check_agent(agent_id)
@@ -515,6 +557,10 @@ class AgentTaskManager:
             isinstance(process_id, bool) or not isinstance(process_id, int) or process_id < 0
         ):
             raise ValidationError(f"process_id={process_id!r}: expected an integer >= 0")
+        if not isinstance(start, bool):
+            raise ValidationError(f"start={start!r}: expected True or False")
+        if not self._ks.cluster and self._ports.leases_in_scripts:
+            return await self._claim_in_one_step(agent_type, agent_id, process_id, start=start)
         prefix = self._prefix(agent_type)
         while True:
             op_key = prefix + "op:" + uuid.uuid4().hex
@@ -527,14 +573,63 @@ class AgentTaskManager:
                 return None
             claimed = self._decode(reply)
             self._remember(claimed.task_id, agent_type)
-            task = await self._lease_port(claimed)
+            task = await self._lease_port(claimed, start=start)
             if task is not None:
-                await self._emit(task, TaskStatus.PENDING)
+                await self._emit_claim(task, started=start)
                 return task
             # Cancelled, timed out or deleted while its port was being leased: take the next.
 
-    async def _lease_port(self, task: AgentTask) -> AgentTask | None:
-        """Lease the claimed task's port and record it; None when the task moved on first."""
+    async def _claim_in_one_step(
+        self, agent_type: str, agent_id: str, process_id: int | None, *, start: bool
+    ) -> AgentTask | None:
+        """``task_claim_lease.lua``: claim, lease, record, start and events in one call."""
+        prefix = self._prefix(agent_type)
+        step = await self._ports.lease_step(agent_id)
+        dbs: list[Arg] = ["", ""] if self._ks.db == step.db else [self._ks.db, step.db]
+        events: list[Arg] = ["", 0, "", ""]
+        if self._events is not None:
+            ref = self._events.agent_stream(agent_id)
+            events = [
+                ref.ks.key(ref.tag) + ":",
+                self._events.audit_max_len,
+                self._events.agent_channel,
+                ref.name,
+            ]
+        reply = await self._ks.run_script(
+            "task_claim_lease",
+            [prefix + "queue", prefix + "op:" + uuid.uuid4().hex, *step.keys],
+            [
+                prefix,
+                agent_id,
+                "" if process_id is None else process_id,
+                _OP_TTL_MS,
+                *dbs,
+                *step.args,
+                "1" if start else "0",
+                *events,
+                self._redacted_event_fields,
+            ],
+        )
+        if not reply:
+            return None
+        outcome, lease, reclaimed, raw = _text(reply[0]), reply[1], reply[2], reply[3]
+        if outcome == "capacity":
+            raise await self._ports.lease_refused(step, _text(lease[0]), reclaimed)
+        task = self._decode(raw)
+        self._remember(task.task_id, agent_type)
+        if outcome == "claimed":
+            port, token = int(lease[0]), int(lease[1])
+        else:  # "replayed": a resend of a claim applied by a send whose reply was lost
+            f = _fields(raw)
+            if "token" not in f or _text(f.get("agent", b"")) != agent_id:
+                return task  # moved on meanwhile: its lease is someone else's business now
+            port, token = int(f["port"]), int(f["token"])
+        await self._ports.lease_taken(step, port, token, reclaimed)
+        return task
+
+    async def _lease_port(self, task: AgentTask, *, start: bool) -> AgentTask | None:
+        """Lease the claimed task's port and record it (and start the task with ``start``);
+        None when the task moved on first."""
         agent_id = task.agent_id
         if agent_id is None:  # a claim always sets it; a broken hash would be a bug
             raise ValidationError(f"claimed task {task.task_id!r} has no agent")
@@ -542,11 +637,26 @@ class AgentTaskManager:
         lease: PortLease | None = None
         try:
             lease = await self._ports.allocate(agent_id)
-            reply = await self._ks.run_script(
-                "task_set_port",
-                [key],
-                [agent_id, task.attempts, lease.port, lease.host, lease.token],
-            )
+            if start:
+                reply = await self._ks.run_script(
+                    "task_lease_start",
+                    [key],
+                    [
+                        self._prefix(task.agent_type),
+                        task.task_id,
+                        agent_id,
+                        task.attempts,
+                        lease.port,
+                        lease.host,
+                        lease.token,
+                    ],
+                )
+            else:
+                reply = await self._ks.run_script(
+                    "task_set_port",
+                    [key],
+                    [agent_id, task.attempts, lease.port, lease.host, lease.token],
+                )
         except BaseException:
             # No port (or no way to record it): give the task back, as if never claimed.
             # Shielded, so a cancelled claimer still leaves the task claimable.
@@ -557,6 +667,16 @@ class AgentTaskManager:
             await self._release_lease(lease)
             return None
         return self._decode(reply)
+
+    async def _emit_claim(self, task: AgentTask, *, started: bool) -> None:
+        """The events of a stepwise claim: ``task_starting``, then ``task_running`` when the
+        claim also started the task."""
+        if not started:
+            await self._emit(task, T.PENDING)
+            return
+        starting = task.model_copy(update={"status": T.STARTING, "version": task.version - 1})
+        await self._emit(starting, T.PENDING)
+        await self._emit(task, T.STARTING)
 
     async def _undo_claim(self, task: AgentTask, key: str, lease: PortLease | None) -> None:
         try:
@@ -908,31 +1028,16 @@ class AgentTaskManager:
             log.warning("task_event_failed", agent_id=agent_id, status=status.value, error=str(exc))
 
     def _decode(self, raw: Any) -> AgentTask:
-        f = _fields(raw)
-        result = f.get("result")
-        error = f.get("error")
-        port = f.get("port")
-        pid = f.get("pid")
-        agent = f.get("agent")
-        deadline = f.get("deadline")
-        return AgentTask(
-            task_id=_text(f["id"]),
-            agent_type=_text(f["type"]),
-            request=Codec.decode(f["req"]),
-            status=TaskStatus(_text(f["status"])),
-            result=None if result is None else Codec.decode(result),
-            error=None if error is None else _text(error),
-            created_at=_from_ms(f["created"]),
-            updated_at=_from_ms(f["updated"]),
-            agent_id=None if agent is None else _text(agent),
-            agent_port=None if port is None else int(port),
-            process_id=None if pid is None else int(pid),
-            priority=int(f["prio"]),
-            attempts=int(f["att"]),
-            timeout_seconds=int(f["tmo"]) / 1000,
-            deadline=None if deadline is None else _from_ms(deadline),
-            version=int(f["ver"]),
-        )
+        """The task in a hash our scripts wrote (HGETALL's dict or a script's flat list).
+
+        Raises:
+            BackendError: the hash does not make a valid task (written by another version
+                or by hand); the message names the task and what is wrong.
+        """
+        try:
+            return _task_from_hash(_hash(raw))
+        except (*DECODE_ERRORS, ZenError) as exc:
+            raise _undecodable(raw, exc) from exc
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -996,6 +1101,31 @@ def _prepare(spec: TaskSpec, codec: Codec, redactor: Redactor) -> _Prepared:
         request_bytes=_encode_payload(request, "request", codec),
         priority=priority,
         timeout_ms=max(1, math.ceil(timeout * 1000)),
+    )
+
+
+def _new_task(p: _Prepared, at: datetime) -> AgentTask:
+    """The task ``task_create.lua`` just stored from ``p`` (checked input) at ``at``."""
+    return construct(
+        AgentTask,
+        {
+            "task_id": p.task_id,
+            "agent_type": p.agent_type,
+            "request": dict(p.request),  # as validation would copy it
+            "status": TaskStatus.PENDING,
+            "result": None,
+            "error": None,
+            "created_at": at,
+            "updated_at": at,
+            "agent_id": None,
+            "agent_port": None,
+            "process_id": None,
+            "priority": p.priority,
+            "attempts": 0,
+            "timeout_seconds": p.timeout_ms / 1000,
+            "deadline": None,
+            "version": 1,
+        },
     )
 
 
@@ -1080,12 +1210,75 @@ def _explain(error: ZenError, task_id: str) -> ZenError:
 
 
 # --- decoding ---------------------------------------------------------------------------------
+_STATUS_OF: Final = {s.value.encode(): s for s in TaskStatus}
+
+
+def _task_from_hash(f: dict[bytes, Any]) -> AgentTask:
+    """The task of a stored hash, built without running the model's validation again: the
+    hash holds what a script stored from checked input, and each value is checked here as
+    it is converted, as validation would check it (a status of the table, a JSON object for
+    the request, integers, text), so a hash that validation would refuse raises instead.
+
+    Raises:
+        KeyError, ValueError, ...: a field is missing or holds a bad value (see
+            ``DECODE_ERRORS``); zen_async's ValidationError: a payload the codec refuses.
+    """
+    get = f.get
+    request = Codec.decode(f[b"req"])
+    if type(request) is not dict:
+        raise ValueError(f"req is {type(request).__name__}, not a JSON object")
+    result, error, agent = get(b"result"), get(b"error"), get(b"agent")
+    port, pid, deadline = get(b"port"), get(b"pid"), get(b"deadline")
+    return construct(
+        AgentTask,
+        {
+            "task_id": f[b"id"].decode(),
+            "agent_type": f[b"type"].decode(),
+            "request": request,
+            "status": _STATUS_OF[f[b"status"]],
+            "result": None if result is None else Codec.decode(result),
+            "error": None if error is None else error.decode(),
+            "created_at": _from_ms(f[b"created"]),
+            "updated_at": _from_ms(f[b"updated"]),
+            "agent_id": None if agent is None else agent.decode(),
+            "agent_port": None if port is None else int(port),
+            "process_id": None if pid is None else int(pid),
+            "priority": int(f[b"prio"]),
+            "attempts": int(f[b"att"]),
+            "timeout_seconds": int(f[b"tmo"]) / 1000,
+            "deadline": None if deadline is None else _from_ms(deadline),
+            "version": int(f[b"ver"]),
+        },
+    )
+
+
+def _hash(raw: Any) -> dict[bytes, Any]:
+    """A hash as a dict of bytes -> value, from HGETALL (a dict) or a script (a flat list)."""
+    if isinstance(raw, dict):
+        found = raw
+    else:
+        items = iter(raw)
+        found = dict(zip(items, items, strict=True))
+    if found and type(next(iter(found))) is not bytes:  # a client that decodes replies
+        return {k if type(k) is bytes else str(k).encode(): v for k, v in found.items()}
+    return found
+
+
+def _undecodable(raw: Any, exc: BaseException) -> BackendError:
+    try:
+        task_id: object = _text(_hash(raw).get(b"id", b"?"))
+    except DECODE_ERRORS:
+        task_id = "?"
+    reason = str(exc) if isinstance(exc, ZenError) else f"{type(exc).__name__}: {exc}"
+    return BackendError(
+        f"task {task_id!r} is stored but cannot be decoded ({reason}); it was written by "
+        "another version or by hand: delete_task removes it"
+    )
+
+
 def _fields(raw: Any) -> dict[str, Any]:
     """A hash as a dict of str -> bytes, from HGETALL (a dict) or a script (a flat list)."""
-    if isinstance(raw, dict):
-        return {_text(k): v for k, v in raw.items()}
-    items = list(raw)
-    return {_text(items[i]): items[i + 1] for i in range(0, len(items), 2)}
+    return {_text(k): v for k, v in _hash(raw).items()}
 
 
 def _pairs(reply: Any) -> list[tuple[Any, Any]]:
@@ -1097,7 +1290,11 @@ def _pairs(reply: Any) -> list[tuple[Any, Any]]:
 
 
 def _from_ms(value: Any) -> datetime:
-    return datetime.fromtimestamp(int(float(_text(value))) / 1000, tz=UTC)
+    try:
+        ms = int(value)
+    except ValueError:  # "1.7e12" and the like: what a float formatted by Lua looks like
+        ms = int(float(_text(value)))
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def _text(value: Any) -> str:
