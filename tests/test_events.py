@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from zen_async import ValidationError, Zen, open_zen
 from zen_async._tasks import background
 from zen_async.events import AGENT_STREAMS, Event, NewEvent
+from zen_async.events.envelope import decode_entries, decode_entry
 from zen_async.events.export import EXPORT_SCHEMA, EventExporter
 from zen_async.events.log import EXPORT_STREAM, EventLog
 from zen_async.store import Message
@@ -324,6 +326,103 @@ async def test_a_consumer_restarted_under_its_name_drains_its_own_pending_entrie
     for name in ("jobs", "mail"):
         ref = zen.events.stream(name)
         assert (await ref.ks.execute("XPENDING", ref.key, "workers"))["pending"] == 0
+
+
+def test_batch_decoding_matches_one_by_one_and_isolates_a_bad_entry() -> None:
+    """decode_entries is decode_entry for a batch: the same events, field for field, and an
+    entry that does not decode fails alone."""
+    entries: list[tuple[str, dict[Any, Any]]] = [
+        (
+            "1700000000000-0",
+            {
+                b"time": b"1700000000000",
+                b"type": b"job",
+                b"agent": b"",
+                b"v": b"1",
+                b"data": b'{"i": 1}',
+            },
+        ),
+        (
+            "1700000000000-1",
+            {
+                b"time": b"1700000000000",
+                b"type": b"job",
+                b"agent": b"a-1",
+                b"v": b"1",
+                b"data": b"[1, 2]",
+                b"key": b"op/x",
+            },
+        ),
+        ("1700000000001-0", {b"time": b"1700000000001", b"type": b"job", b"data": b"{bad"}),
+        ("1700000000002-0", {b"type": b"job"}),  # no time: the entry id's
+        ("1700000000003-0", {"type": "job", "data": '{"s": true}'}),  # str keys
+        ("1700000000004-0", {b"time": b"soon", b"type": b"job", b"data": b"{}"}),
+    ]
+    decoded = decode_entries("jobs", entries)
+    assert len(decoded) == len(entries)
+    for (entry_id, fields), event in zip(entries, decoded, strict=True):
+        try:
+            expected: Event | type[Exception] = decode_entry("jobs", entry_id, fields)
+        except ValueError as exc:
+            expected = type(exc)
+        if isinstance(expected, Event):
+            assert event == expected
+        else:
+            assert isinstance(event, expected), entry_id
+    assert [isinstance(e, Exception) for e in decoded] == [False, False, True, False, False, True]
+
+
+async def test_acks_go_by_the_batch_not_by_the_event(standalone: Target) -> None:
+    """With a handler that does not wait, a read batch is handled and acknowledged in a few
+    script calls (each XACK below is one event_ack call), not one per event."""
+    async with open_zen(standalone.settings()) as zen:
+        await zen.events.publish_many("bulk", [NewEvent("job", {"i": i}) for i in range(400)])
+        ks = zen.events.stream("bulk").ks
+
+        async def xacks() -> int:
+            stats = await ks.execute("INFO", "commandstats")
+            return int(stats.get("cmdstat_xack", {}).get("calls", 0))
+
+        handled: list[int] = []
+
+        async def handler(event: Event) -> None:
+            handled.append(event.data["i"])
+
+        before = await xacks()
+        consumer = zen.events.consumer("g", ["bulk"], handler, start_id="0", batch=100)
+        async with consumer:
+            await consumer.wait_handled(400, timeout=30)
+        calls = await xacks() - before
+        assert sorted(handled) == list(range(400))
+        assert consumer.statistics().handled == 400
+        assert calls <= 12, f"{calls} ack calls for 400 events in batches of 100"
+        ref = zen.events.stream("bulk")
+        assert (await ref.ks.execute("XPENDING", ref.key, "g"))["pending"] == 0
+
+
+async def test_an_undecodable_entry_fails_alone_and_is_dead_lettered(zen: Zen) -> None:
+    handled: list[int] = []
+
+    async def handler(event: Event) -> None:
+        handled.append(event.data["i"])
+
+    ref = zen.events.stream("mixed")
+    first = await zen.events.publish_many("mixed", [NewEvent("job", {"i": i}) for i in range(3)])
+    bad = await ref.ks.execute("XADD", ref.key, "*", "type", "job", "v", "1", "data", "{oops")
+    last = await zen.events.publish_many("mixed", [NewEvent("job", {"i": i}) for i in range(3, 6)])
+    consumer = zen.events.consumer(
+        "g", ["mixed"], handler, start_id="0", min_idle=0.1, max_deliveries=2, block=0.1
+    )
+    async with consumer:
+        await consumer.wait_handled(7, timeout=30)
+    assert sorted(handled) == list(range(6)), "the good entries around it were handled"
+    stats = consumer.statistics()
+    assert (stats.handled, stats.dead_lettered, stats.failed) == (6, 1, 2)
+    # Read raw: dead_letters() decodes each entry, and this one does not decode.
+    dead = await ref.ks.execute("XRANGE", ref.dead_letter_key("g"), "-", "+")
+    assert [_text(fields[b"dead_stream_id"]) for _, fields in dead] == [_text(bad)]
+    assert (await ref.ks.execute("XPENDING", ref.key, "g"))["pending"] == 0
+    assert len(first) == len(last) == 3
 
 
 async def test_trimming_never_drops_pending_or_undelivered_entries(zen: Zen) -> None:

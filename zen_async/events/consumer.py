@@ -6,6 +6,14 @@ kept below the socket timeout; claims entries that other (dead) consumers left i
 XAUTOCLAIM; moves an entry delivered too often to a dead-letter stream; and on exit stops
 reading, finishes what it read, acknowledges, and returns (or, past an optional drain
 timeout, cancels the handlers still running and leaves their entries pending).
+
+The per-event cost is kept to the handler's own: a read's entries are checked against their
+done markers with one MGET and decoded in one pass (:func:`~zen_async.events.envelope.
+decode_entries`), then wait in one queue that the ``concurrency`` workers take them from
+(a worker whose handler does not suspend runs through a batch without a switch); what the
+handlers finished is acknowledged by one acker, one ``event_ack`` script call per stream and
+chunk, all the calls of a round pipelined (a group commit: under load one round trip acks
+many entries, idle it acks one at once), and counted once per round.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import contextlib
 import math
 import os
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -22,8 +31,9 @@ from typing import Any, Final
 import structlog
 
 from zen_async.errors import BackendError, ValidationError, ZenError
-from zen_async.events.envelope import Event, decode_entry, validate_stream_name
+from zen_async.events.envelope import Event, decode_entries, validate_stream_name
 from zen_async.events.log import EventLog, StreamRef
+from zen_async.store import Arg
 
 __all__ = ["Consumer", "ConsumerStatistics", "Handler"]
 
@@ -33,6 +43,9 @@ Handler = Callable[[Event], Awaitable[None]]
 """``async def handler(event: Event) -> None``; raising leaves the event pending for retry."""
 
 _ERROR_BACKOFF: Final = 0.5
+
+_Entry = tuple[StreamRef, str, dict[Any, Any]]  # a stream's entry as read: id and fields
+_Work = tuple[StreamRef, str, Event | Exception]  # decoded (or why it does not decode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,17 +130,24 @@ class Consumer:
         self._start_id = start_id
         self._done_ttl_ms = int(done_ttl * 1000)
         self._drain_timeout = drain_timeout
-        self._queue: asyncio.Queue[tuple[StreamRef, str, dict[Any, Any]]] = asyncio.Queue(
-            maxsize=concurrency * 2
-        )
+        # Read entries wait here for a worker; a reader adds a batch once fewer than
+        # _read_ahead entries are read and not yet finished (handled and acked, or failed).
+        self._work: deque[_Work] = deque()
+        self._work_ready = asyncio.Event()
+        self._read_ahead = max(batch, concurrency * 2)
+        self._unfinished = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._all_finished = asyncio.Event()
+        self._all_finished.set()
         self._inflight: set[tuple[str, str]] = set()
-        # Acks wait here, per stream, for the acker's next round trip (a group commit).
-        self._acks: dict[str, list[tuple[str, asyncio.Future[None]]]] = {}
+        # Handled entries wait here, per stream, for the acker's next round (a group commit).
+        self._acks: dict[str, list[str]] = {}
         self._ack_wake = asyncio.Event()
         self._errors: dict[tuple[str, str], str] = {}
         self._stopping = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
-        self._progress = asyncio.Condition()
+        self._pulse = asyncio.Event()  # set (and replaced) whenever a counter moves
         self._counts = {"handled": 0, "failed": 0, "duplicates": 0, "claimed": 0, "dead": 0}
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -193,13 +213,10 @@ class Consumer:
         Raises:
             TimeoutError: not reached within ``timeout`` seconds.
         """
-        async with asyncio.timeout(timeout), self._progress:
-            await self._progress.wait_for(
-                lambda: (
-                    self._counts["handled"] + self._counts["duplicates"] + self._counts["dead"]
-                    >= count
-                )
-            )
+        c = self._counts
+        async with asyncio.timeout(timeout):
+            while c["handled"] + c["duplicates"] + c["dead"] < count:
+                await self._pulse.wait()
 
     async def _ensure_group(self, ref: StreamRef) -> None:
         try:
@@ -217,7 +234,7 @@ class Consumer:
             await self._drain_own_pending()
             loops = [self._reader(refs) for refs in self._reader_groups()]
             await asyncio.gather(*loops, self._claimer())
-            await self._queue.join()  # finish and acknowledge everything already read
+            await self._all_finished.wait()  # finish and acknowledge everything already read
         finally:
             for worker in workers:
                 worker.cancel()
@@ -257,7 +274,7 @@ class Consumer:
 
     async def _read(
         self, ks: Any, refs: list[StreamRef], after: str, *, block: bool
-    ) -> list[tuple[StreamRef, str, dict[Any, Any]]]:
+    ) -> list[_Entry]:
         args: list[Any] = ["XREADGROUP", "GROUP", self.group, self.name, "COUNT", self._batch]
         if block:
             args += ["BLOCK", self._block_ms]
@@ -265,11 +282,11 @@ class Consumer:
         reply = await ks.execute(*args)
         return self._entries(reply)
 
-    def _entries(self, reply: Any) -> list[tuple[StreamRef, str, dict[Any, Any]]]:
+    def _entries(self, reply: Any) -> list[_Entry]:
         if not reply:
             return []
         pairs = reply.items() if isinstance(reply, dict) else reply
-        out: list[tuple[StreamRef, str, dict[Any, Any]]] = []
+        out: list[_Entry] = []
         for stream_key, entries in pairs:
             ref = self._refs[_text(stream_key)]
             for entry in entries:
@@ -278,8 +295,11 @@ class Consumer:
                     out.append((ref, _text(entry_id), fields))
         return out
 
-    async def _enqueue(self, entries: list[tuple[StreamRef, str, dict[Any, Any]]]) -> None:
-        fresh = [e for e in entries if (e[0].key, e[1]) not in self._inflight]
+    async def _enqueue(self, entries: list[_Entry]) -> None:
+        """Queue the entries not in flight here and not handled yet, decoded, once there is
+        room (at most ``_read_ahead`` entries read and unfinished before these)."""
+        inflight = self._inflight
+        fresh = [e for e in entries if (e[0].key, e[1]) not in inflight]
         if not fresh:
             return
         try:
@@ -287,13 +307,31 @@ class Consumer:
         except ZenError as exc:  # they stay pending here: claimed back after min_idle
             log.warning("consumer_marker_check_failed", group=self.group, error=str(exc))
             return
-        for ref, entry_id, fields in fresh:
-            self._inflight.add((ref.key, entry_id))
-            await self._queue.put((ref, entry_id, fields))
+        if not fresh:
+            return
+        while self._unfinished >= self._read_ahead:
+            self._room.clear()
+            await self._room.wait()
+        by_stream: dict[str, list[_Entry]] = {}
+        for entry in fresh:  # again: a claim may have queued some while this one waited
+            if (entry[0].key, entry[1]) not in inflight:
+                by_stream.setdefault(entry[0].key, []).append(entry)
+        count = 0
+        work = self._work
+        for group in by_stream.values():
+            ref = group[0][0]
+            decoded = decode_entries(ref.name, ((e[1], e[2]) for e in group))
+            for (_, entry_id, _), event in zip(group, decoded, strict=True):
+                inflight.add((ref.key, entry_id))
+                work.append((ref, entry_id, event))
+            count += len(group)
+        if not count:
+            return
+        self._unfinished += count
+        self._all_finished.clear()
+        self._work_ready.set()
 
-    async def _not_yet_handled(
-        self, entries: list[tuple[StreamRef, str, dict[Any, Any]]]
-    ) -> list[tuple[StreamRef, str, dict[Any, Any]]]:
+    async def _not_yet_handled(self, entries: list[_Entry]) -> list[_Entry]:
         """``entries`` without those whose done marker exists (handled by a member that
         acknowledged after this one read them): those are acknowledged and skipped. One MGET
         for the lot (they come from one read: one keyspace, and one slot on Cluster)."""
@@ -311,7 +349,7 @@ class Consumer:
                 done.setdefault(entry[0].key, []).append(entry[1])
         for key, ids in done.items():
             await ks.execute("XACK", key, self.group, *ids, idempotent=True)
-            await self._bump("duplicates", len(ids))
+            self._bump("duplicates", len(ids))
         return left
 
     async def _pause(self, seconds: float) -> None:
@@ -320,79 +358,107 @@ class Consumer:
 
     # --- handling -------------------------------------------------------------------------
     async def _worker(self) -> None:
+        work, ready = self._work, self._work_ready
         while True:
-            ref, entry_id, fields = await self._queue.get()
+            if not work:
+                ready.clear()
+                await ready.wait()
+                continue
+            ref, entry_id, event = work.popleft()
             try:
-                await self._handle(ref, entry_id, fields)
-            except ZenError as exc:  # Redis trouble while acking: stays pending, reclaimed
-                log.warning("consumer_ack_failed", entry=entry_id, error=str(exc))
-            finally:
-                self._inflight.discard((ref.key, entry_id))
-                self._queue.task_done()
+                await self._handle(ref, entry_id, event)
+            except BaseException:  # cancelled (or worse) mid-handler: it stays pending
+                self._finish(ref.key, [entry_id])
+                raise
 
-    async def _handle(self, ref: StreamRef, entry_id: str, fields: dict[Any, Any]) -> None:
+    async def _handle(self, ref: StreamRef, entry_id: str, event: Event | Exception) -> None:
+        """Run the handler; a success goes to the acker, a failure (an entry that does not
+        decode included) stays pending for a retry."""
+        if isinstance(event, Exception):
+            self._failed(ref, entry_id, event)
+            return
         try:
-            event = decode_entry(ref.name, entry_id, fields)
             await self._handler(event)
         except Exception as exc:  # the handler's failure: leave it pending for a retry
-            self._errors[(ref.key, entry_id)] = f"{type(exc).__name__}: {exc}"
-            log.warning(
-                "event_handler_failed",
-                group=self.group,
-                stream=ref.name,
-                entry=entry_id,
-                error=str(exc),
-            )
-            await self._bump("failed")
+            self._failed(ref, entry_id, exc)
             return
-        await self._ack(ref, entry_id)
-        self._errors.pop((ref.key, entry_id), None)
-        await self._bump("handled")
+        self._acks.setdefault(ref.key, []).append(entry_id)
+        self._ack_wake.set()
 
-    async def _bump(self, counter: str, amount: int = 1) -> None:
-        async with self._progress:
-            self._counts[counter] += amount
-            self._progress.notify_all()
+    def _failed(self, ref: StreamRef, entry_id: str, exc: Exception) -> None:
+        self._errors[(ref.key, entry_id)] = f"{type(exc).__name__}: {exc}"
+        log.warning(
+            "event_handler_failed",
+            group=self.group,
+            stream=ref.name,
+            entry=entry_id,
+            error=str(exc),
+        )
+        self._bump("failed")
+        self._finish(ref.key, [entry_id])
+
+    def _finish(self, key: str, entry_ids: list[str]) -> None:
+        """Entries of stream ``key`` done here: acknowledged, failed, or their ack failed
+        (then they stay pending, to be claimed again)."""
+        inflight = self._inflight
+        for entry_id in entry_ids:
+            inflight.discard((key, entry_id))
+        self._unfinished -= len(entry_ids)
+        if self._unfinished < self._read_ahead:
+            self._room.set()
+        if self._unfinished == 0:
+            self._all_finished.set()
+
+    def _bump(self, counter: str, amount: int = 1) -> None:
+        self._counts[counter] += amount
+        pulse, self._pulse = self._pulse, asyncio.Event()
+        pulse.set()
 
     # --- acknowledging --------------------------------------------------------------------
-    async def _ack(self, ref: StreamRef, entry_id: str) -> None:
-        """Mark ``entry_id`` handled and acknowledge it; returns once that is done.
-
-        Raises:
-            ZenError: the ack failed (the entry stays pending, to be claimed again).
-        """
-        done = asyncio.get_running_loop().create_future()
-        self._acks.setdefault(ref.key, []).append((entry_id, done))
-        self._ack_wake.set()
-        await done
-
     async def _acker(self) -> None:
-        """Acknowledge what the handlers finished, a round trip per stream for everything
-        that finished meanwhile (a group commit: under load one script acks many entries,
-        idle it acks one at once)."""
+        """Acknowledge what the handlers finished since the last round: one ``event_ack``
+        call per stream and chunk of ``batch`` entries, the calls of a keyspace pipelined in
+        one round trip (a group commit: under load one round acks many entries, idle it
+        acks one at once). A failed call leaves its entries pending, to be claimed again."""
         while True:
             await self._ack_wake.wait()
             self._ack_wake.clear()
             pending, self._acks = self._acks, {}
-            for key, items in pending.items():
-                ref = self._refs[key]
-                try:
-                    for i in range(0, len(items), self._batch):
-                        ids = [entry_id for entry_id, _ in items[i : i + self._batch]]
-                        done_keys = [self._done_prefix[key] + entry_id for entry_id in ids]
-                        await ref.ks.run_script(
-                            "event_ack",
-                            [ref.key, *done_keys],
-                            [self.group, self._done_ttl_ms, *ids],
-                        )
-                except ZenError as exc:
-                    _settle(items, exc)
-                except BaseException:  # stopping: their workers are being cancelled too
-                    for _, future in items:
-                        future.cancel()
-                    raise
-                else:
-                    _settle(items, None)
+            rounds: dict[str, list[tuple[str, list[str]]]] = {}
+            for key, ids in pending.items():
+                for i in range(0, len(ids), self._batch):
+                    ks_name = self._refs[key].ks.name
+                    rounds.setdefault(ks_name, []).append((key, ids[i : i + self._batch]))
+            for chunks in rounds.values():
+                await self._ack_round(chunks)
+
+    async def _ack_round(self, chunks: list[tuple[str, list[str]]]) -> None:
+        ks = self._refs[chunks[0][0]].ks
+        calls: list[tuple[list[str], list[Arg]]] = [
+            (
+                [key, *(self._done_prefix[key] + entry_id for entry_id in ids)],
+                [self.group, self._done_ttl_ms, *ids],
+            )
+            for key, ids in chunks
+        ]
+        try:
+            replies: list[Any] = await ks.run_script_many(
+                "event_ack", calls, raise_on_error=False, idempotent=True
+            )
+        except ZenError as exc:
+            replies = [exc] * len(chunks)
+        handled = 0
+        for (key, ids), reply in zip(chunks, replies, strict=True):
+            if isinstance(reply, ZenError):  # Redis trouble: they stay pending, reclaimed
+                log.warning("consumer_ack_failed", entries=len(ids), entry=ids[0], error=str(reply))
+            else:
+                handled += len(ids)
+                if self._errors:  # an earlier failure of one of them is resolved
+                    for entry_id in ids:
+                        self._errors.pop((key, entry_id), None)
+            self._finish(key, ids)
+        if handled:
+            self._bump("handled", handled)
 
     # --- claiming -------------------------------------------------------------------------
     async def _claimer(self) -> None:
@@ -441,9 +507,7 @@ class Consumer:
             if cursor == "0-0":
                 return
 
-    async def _dispatch_claimed(
-        self, ref: StreamRef, claimed: list[tuple[StreamRef, str, dict[Any, Any]]]
-    ) -> None:
+    async def _dispatch_claimed(self, ref: StreamRef, claimed: list[_Entry]) -> None:
         ids = [entry_id for _, entry_id, _ in claimed]
         rows = await ref.ks.execute(
             "XPENDING",
@@ -455,7 +519,7 @@ class Consumer:
             self.name,
         )
         deliveries = {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
-        fresh: list[tuple[StreamRef, str, dict[Any, Any]]] = []
+        fresh: list[_Entry] = []
         for item in claimed:
             entry_id = item[1]
             if deliveries.get(entry_id, 0) > self._max_deliveries:
@@ -480,17 +544,7 @@ class Consumer:
             deliveries=deliveries,
             error=error,
         )
-        await self._bump("dead")
-
-
-def _settle(items: list[tuple[str, asyncio.Future[None]]], error: ZenError | None) -> None:
-    for _, future in items:
-        if future.done():  # its worker was cancelled meanwhile
-            continue
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
+        self._bump("dead")
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

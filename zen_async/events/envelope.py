@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -38,6 +39,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Event",
     "agent_shard",
+    "decode_entries",
     "decode_entry",
     "shard_stream_name",
     "shard_tag",
@@ -170,6 +172,50 @@ def decode_entry(stream: str, entry_id: bytes | str, fields: dict[Any, Any]) -> 
         schema_version=int(f.get("v", SCHEMA_VERSION)),
         idempotency_key=_text(key) if key is not None else None,
     )
+
+
+def decode_entries(
+    stream: str, entries: Iterable[tuple[str, dict[Any, Any]]]
+) -> list[Event | Exception]:
+    """:func:`decode_entry` for a batch of ``(entry id, fields)``, in order: an entry that
+    does not decode gets the exception it raised in its place, the others are unaffected.
+
+    As :func:`decode_entry` decodes them, at a fraction of its cost per entry: the fields
+    are looked up as the bytes a reply holds (other keys take :func:`decode_entry`), and
+    each millisecond's timestamp is built once per batch.
+    """
+    times: dict[int, datetime] = {}
+    out: list[Event | Exception] = []
+    for entry_id, fields in entries:
+        try:
+            get = fields.get
+            raw_data = get(b"data")
+            if raw_data is None and b"type" not in fields:  # str keys, or not an envelope
+                out.append(decode_entry(stream, entry_id, fields))
+                continue
+            raw_time = get(b"time")
+            millis = int(raw_time) if raw_time is not None else int(entry_id.split("-")[0])
+            at = times.get(millis)
+            if at is None:
+                at = times[millis] = datetime.fromtimestamp(millis / 1000, tz=UTC)
+            agent = get(b"agent")
+            key = get(b"key")
+            version = get(b"v")
+            out.append(
+                Event(
+                    id=entry_id,
+                    stream=stream,
+                    type=_text(get(b"type", b"")),
+                    agent_id=_text(agent) or None if agent is not None else None,
+                    time=at,
+                    data=orjson.loads(raw_data) if raw_data is not None else None,
+                    schema_version=SCHEMA_VERSION if version is None else int(version),
+                    idempotency_key=_text(key) if key is not None else None,
+                )
+            )
+        except Exception as exc:  # a bad entry is this entry's failure only
+            out.append(exc)
+    return out
 
 
 def _text(value: Any) -> str:
