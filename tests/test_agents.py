@@ -676,6 +676,36 @@ async def test_a_record_that_cannot_be_decoded_breaks_only_itself(zen: Zen) -> N
     assert (await agents.get_agent("not-json")) is not None
 
 
+async def test_reads_skip_validating_known_documents_yet_hand_out_records_of_their_own(
+    zen: Zen,
+) -> None:
+    """Invariant: a document validated by an earlier read is not validated again, but every
+    read gets instances of its own (a caller changing a record in place changes no other
+    read's), and a document that does not validate is never remembered: it fails every
+    read, also after the valid one it replaced was read."""
+    agents = zen.agents
+    capabilities = AgentCapabilities(supported_operations=["code", "review"])
+    await agents.create_agents(
+        [AgentSpec(agent_type="coder", agent_id=i, capabilities=capabilities) for i in "ab"]
+    )
+    first = await agents.get_agent("a")
+    assert first is not None
+    first.capabilities.supported_operations.append("tampered")
+    for agent_id in ("a", "b"):
+        again = await agents.get_agent(agent_id)
+        assert again is not None
+        assert again.capabilities == capabilities, "an earlier reader's change leaked"
+    both = await agents.get_agents(["a", "b"])
+    assert [r.capabilities for r in both if r is not None] == [capabilities] * 2
+    bad = orjson.dumps({"capabilities": _CAPABILITIES | {"max_concurrent_tasks": 0}})
+    await zen.redis.keyspace("state").execute("HSET", agent_key(zen, "b"), "doc", bad)
+    for _ in range(2):
+        with pytest.raises(BackendError, match="agent 'b' is stored but cannot be decoded"):
+            await agents.get_agent("b")
+    page = await agents.list_agents_page()
+    assert ([a.agent_id for a in page.agents], page.skipped) == (["a"], 1)
+
+
 async def test_updates_are_validated_as_the_model_validates(zen: Zen) -> None:
     """Invariant: update_agent stores only what the model accepts (model_copy does not
     validate): a bad field is refused, naming it, and the stored record still decodes."""

@@ -18,6 +18,7 @@ from zen_async.agents._lifecycle import SOURCES, explain, script_error, transiti
 from zen_async.agents._records import (
     FIELDS,
     ReadCache,
+    ValidatedDocs,
     from_ms,
     new_performance,
     new_record,
@@ -70,6 +71,7 @@ class AgentBatches:
         self._host = host
         self.prefixes = [ks.key(shard_tag(shard)) + ":" for shard in range(shards)]
         """Each shard's key prefix, ``<keyspace prefix>{z<shard>}:``."""
+        self._docs = ValidatedDocs()
 
     def hint_args(self, shard: int) -> list[str | int]:
         """The last ARGV of every agent script: audit trail length, hint channel, stream."""
@@ -135,7 +137,7 @@ class AgentBatches:
         records: list[AgentRecord | None] = [None] * len(agent_ids)
         failed: list[ZenError] = []
         bad: list[BackendError] = []
-        cache = ReadCache()
+        cache = ReadCache(self._docs)
 
         def build(chunk: Chunk) -> tuple[list[str], tuple[str, ...]]:
             prefix = self.prefixes[chunk[0]]

@@ -45,10 +45,13 @@ from zen_async.codec import dump_json
 from zen_async.errors import BackendError, ValidationError
 
 __all__ = [
+    "DECODE_ERRORS",
     "FIELDS",
     "ReadCache",
     "Times",
+    "ValidatedDocs",
     "check_changes",
+    "construct",
     "encode_doc",
     "from_ms",
     "gauge_args",
@@ -103,10 +106,10 @@ _CHANGE_TYPES: Final[dict[str, TypeAdapter[Any]]] = {
 }
 _DEFAULT_PERFORMANCE: Final = AgentPerformance().model_dump()
 _MAX_CONNECTIONS: Final = 2**63 - 1
-# What converting a stored value can raise: a bad record, never a bug elsewhere (pydantic's
-# and orjson's errors, UnicodeDecodeError are ValueErrors; a date out of range is an
-# OverflowError or OSError).
-_DECODE_ERRORS: Final = (ValueError, TypeError, AttributeError, KeyError, ArithmeticError, OSError)
+DECODE_ERRORS: Final = (ValueError, TypeError, AttributeError, KeyError, ArithmeticError, OSError)
+"""What converting a stored value can raise: a bad record, never a bug elsewhere (pydantic's
+and orjson's errors, UnicodeDecodeError are ValueErrors; a date out of range is an
+OverflowError or OSError)."""
 _ALL_SET: Final[dict[type[BaseModel], set[str]]] = {
     cls: set(cls.model_fields) for cls in (AgentRecord, AgentCapabilities, AgentPerformance)
 }
@@ -118,9 +121,12 @@ def construct(cls: type[M], values: dict[str, Any]) -> M:
     of its type), without validation: ``model_construct`` minus its handling of defaults and
     aliases. Instances share one set of set fields (all of them): pydantic never changes it
     in place on a frozen model (``model_copy`` copies it first)."""
+    every = _ALL_SET.get(cls)
+    if every is None:
+        every = _ALL_SET[cls] = set(cls.model_fields)
     obj = _new(cls)
     _setattr(obj, "__dict__", values)
-    _setattr(obj, "__pydantic_fields_set__", _ALL_SET[cls])
+    _setattr(obj, "__pydantic_fields_set__", every)
     _setattr(obj, "__pydantic_extra__", None)
     _setattr(obj, "__pydantic_private__", None)
     return obj
@@ -286,16 +292,45 @@ def new_record(
     )
 
 
+class ValidatedDocs:
+    """``capabilities`` and ``performance`` documents already validated by the model, by
+    their JSON, kept across reads (an agent manager holds one): a read of a document seen
+    before skips the validation, which costs more than the rest of a record's decoding. A
+    document that does not validate is never kept, so it fails every read, as it did the
+    first. Bounded: past ``size`` documents of a kind, the oldest is dropped.
+
+    Reads never get these instances themselves (see :class:`ReadCache`): the model's
+    ``supported_operations`` is a list, and a caller changing it in place must not change
+    the records other reads return.
+    """
+
+    __slots__ = ("capabilities", "performance", "size")
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self.capabilities: dict[bytes, AgentCapabilities] = {}
+        self.performance: dict[bytes, dict[str, Any]] = {}
+
+    def keep(self, memo: dict[bytes, Any], key: bytes, value: Any) -> None:
+        """Remember ``value`` under ``key`` in ``memo`` (one of this object's)."""
+        if len(memo) >= self.size:
+            del memo[next(iter(memo))]
+        memo[key] = value
+
+
 class ReadCache:
-    """What one bulk read decodes once: server timestamps, and the ``capabilities`` and
-    ``performance`` documents already validated, by their JSON."""
+    """What one read decodes once: server timestamps, and the ``capabilities`` and
+    ``performance`` documents validated (or found in ``docs``, validated by an earlier
+    read), by their JSON. The records of one read share a capabilities instance per
+    distinct document; each read gets instances of its own."""
 
-    __slots__ = ("capabilities", "performance", "times")
+    __slots__ = ("capabilities", "docs", "performance", "times")
 
-    def __init__(self) -> None:
+    def __init__(self, docs: ValidatedDocs | None = None) -> None:
         self.times: Times = {}
         self.capabilities: dict[bytes, AgentCapabilities] = {}
         self.performance: dict[bytes, dict[str, Any]] = {}
+        self.docs = docs
 
 
 def undecodable(agent_id: str, reason: str) -> BackendError:
@@ -317,7 +352,7 @@ def record_from_row(agent_id: str, row: Sequence[Any], cache: ReadCache) -> Agen
         return None
     try:
         return _decode(agent_id, row, cache)
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, _BadValueError) else str(exc)
         raise undecodable(agent_id, reason) from exc
 
@@ -370,12 +405,28 @@ def _capabilities(values: Any, cache: ReadCache) -> AgentCapabilities:
     key = orjson.dumps(values)
     found = cache.capabilities.get(key)
     if found is None:
-        try:
-            found = AgentCapabilities.model_validate({} if values is None else values)
-        except pydantic.ValidationError as exc:
-            raise _BadValueError(f"capabilities: {problems(exc)}") from None
+        docs = cache.docs
+        known = None if docs is None else docs.capabilities.get(key)
+        if known is None:
+            try:
+                found = AgentCapabilities.model_validate({} if values is None else values)
+            except pydantic.ValidationError as exc:
+                raise _BadValueError(f"capabilities: {problems(exc)}") from None
+            if docs is not None:
+                docs.keep(docs.capabilities, key, found)
+                found = _own_capabilities(found)
+        else:
+            found = _own_capabilities(known)
         cache.capabilities[key] = found
     return found
+
+
+def _own_capabilities(known: AgentCapabilities) -> AgentCapabilities:
+    """A copy of validated capabilities with a list of operations of its own (the rest of
+    its values are immutable)."""
+    values = dict(known.__dict__)
+    values["supported_operations"] = list(known.supported_operations)
+    return construct(AgentCapabilities, values)
 
 
 def _performance(values: Any, cache: ReadCache) -> dict[str, Any]:
@@ -383,12 +434,18 @@ def _performance(values: Any, cache: ReadCache) -> dict[str, Any]:
     key = orjson.dumps(values)
     found = cache.performance.get(key)
     if found is None:
-        try:
-            found = dict(AgentPerformance.model_validate({} if values is None else values))
-        except pydantic.ValidationError as exc:
-            raise _BadValueError(f"performance: {problems(exc)}") from None
+        docs = cache.docs
+        found = None if docs is None else docs.performance.get(key)
+        if found is None:
+            try:
+                model = AgentPerformance.model_validate({} if values is None else values)
+            except pydantic.ValidationError as exc:
+                raise _BadValueError(f"performance: {problems(exc)}") from None
+            found = dict(model.__dict__)
+            if docs is not None:
+                docs.keep(docs.performance, key, found)
         cache.performance[key] = found
-    return dict(found)
+    return dict(found)  # its values are immutable: a copy of the dict is a record's own
 
 
 def _finite(value: bytes, name: str) -> float:
