@@ -49,63 +49,28 @@ end
 
 --@include port_intervals
 
+local seq = KEYS[8]
+
+--@include port_lease
+
 local holder, first, last = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
 ensure_free()
 
 local reply = {0, 0, 0}
-for _, p in ipairs(redis.call("ZRANGEBYSCORE", exp, "-inf", now, "LIMIT", 0, tonumber(ARGV[5]))) do
-  local port = tonumber(p)
-  local token, was = drop(port)
-  reply[#reply + 1] = port
-  reply[#reply + 1] = token
-  reply[#reply + 1] = was
+for _, v in ipairs(reclaim_expired(now, tonumber(ARGV[5]))) do
+  reply[#reply + 1] = v
 end
 
 if ARGV[8] ~= "" and redis.call("ZCOUNT", resv, first, last - 1) >= tonumber(ARGV[8]) then
   return reply
 end
 
--- The lowest free port of [first, last): in the interval holding `first`, else the first
--- interval starting inside the range.
-local port
-local member = redis.call("ZREVRANGEBYSCORE", free, first, "-inf", "LIMIT", 0, 1)[1]
-if member then
-  local _, e = parse(member)
-  if e > first then port = first end
-end
+local port = lowest_free(first, last)
 if not port then
-  member = redis.call("ZRANGEBYSCORE", free, first, "(" .. last, "LIMIT", 0, 1)[1]
-  if member then port = parse(member) end
+  return redis.error_reply("CAPACITY " .. exhausted(first, last, ARGV[6]))
 end
-if not port then
-  local in_use = redis.call("ZCOUNT", used, first, last - 1)
-  local q = redis.call("ZCOUNT", quar, first, last - 1)
-  local reserved = redis.call("ZRANGEBYSCORE", resv, first, last - 1)
-  local reserves = "none held in outage reserves"
-  if #reserved > 0 then
-    local seen, processes = {}, 0
-    for _, p in ipairs(reserved) do
-      local rec = redis.call("HGET", owner, p)
-      local h = rec and string.match(rec, "^%d+:(.*)$") or ""
-      if not seen[h] then seen[h], processes = true, processes + 1 end
-    end
-    reserves = #reserved .. " held in outage reserves by " .. processes ..
-      (processes == 1 and " process" or " processes") .. ", see REDIS_PORT_RESERVE"
-  end
-  return redis.error_reply("CAPACITY port range " .. first .. "-" .. last ..
-    " (end exclusive) on host " .. ARGV[6] .. " is exhausted: " .. in_use .. " of " ..
-    (last - first) .. " ports in use (" .. reserves .. "; " .. q ..
-    " quarantined as not bindable)")
-end
-take(port)
-
-local token = redis.call("INCR", KEYS[8])
-local expiry = now + tonumber(ARGV[4])
-redis.call("ZADD", used, port, port)
-redis.call("ZADD", exp, expiry, port)
-redis.call("HSET", owner, port, token .. ":" .. holder)
-redis.call("ZADD", byagent, 0, index_member(holder, port))
+local token, expiry = lease_port(port, holder, now, tonumber(ARGV[4]))
 if ARGV[8] ~= "" then redis.call("ZADD", resv, port, port) end
 redis.call("SET", KEYS[9], port .. ":" .. token .. ":" .. expiry, "PX", ARGV[7])
 reply[1], reply[2], reply[3] = port, token, expiry

@@ -1,8 +1,8 @@
--- port_lease: the steps of port_allocate.lua as functions, for a script that leases a port as
--- one part of a larger atomic step (task_claim_lease). Included after
+-- port_lease: the steps of leasing a port, as functions: port_allocate.lua's, and those of a
+-- script that leases a port as one part of a larger atomic step (task_claim_lease). Included after
 -- "--@include port_intervals", once the script has set the locals that library needs
 -- (free, used, exp, owner, byagent, quar, resv) and `seq`, the host's fencing-token counter.
--- Same rules as port_allocate.lua: expired leases of the host (of any tenant) are reclaimed
+-- The rules: expired leases of the host (of any tenant) are reclaimed
 -- first, then the lowest free port of the range is taken, under a new fencing token.
 
 -- Reclaim at most `max` leases of the host expired by `now`; returns them flat:
@@ -32,8 +32,8 @@ local function lowest_free(first, last)
   return nil
 end
 
--- Why [first, last) on `host` has no free port: the text of port_allocate.lua's CAPACITY
--- error (without the code), with the ports in use, in outage reserves and quarantined.
+-- Why [first, last) on `host` has no free port: the text of the CAPACITY error (without
+-- the code), with the ports in use, in outage reserves and quarantined.
 local function exhausted(first, last, host)
   local in_use = redis.call("ZCOUNT", used, first, last - 1)
   local q = redis.call("ZCOUNT", quar, first, last - 1)
