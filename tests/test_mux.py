@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,12 +39,13 @@ import anyio.to_thread
 import pytest
 import redis
 
-from zen_async import BackendError, DegradedError, ValidationError, ZenError, open_zen
+from zen_async import BackendError, DegradedError, ValidationError, open_zen
 from zen_async.store.manager import RedisManager, open_redis_manager
 from zen_async.store.mux import ClusterMux, NodeMux, _Pipe
 from zen_async.testing import ServerProcess, Standalone
 from zen_async.testing.deployments import Deployments, Target, masters, settings_for
 from zen_async.testing.marks import UNCLOSED_BY_A_FAULT
+from zen_async.testing.waiting import until_ok
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -132,19 +133,6 @@ async def until_written(pipe: _Pipe, n: int) -> None:
             return
         await asyncio.sleep(0)
     pytest.fail(f"{len(pipe._waiting)} commands written, expected {n}")
-
-
-async def until_ok(op: Callable[[], Awaitable[T]], *, deadline: float, what: str) -> T:
-    """Retry ``op`` on ZenError until it succeeds; fail past ``deadline`` seconds."""
-    until = time.monotonic() + deadline
-    last: ZenError | None = None
-    while time.monotonic() < until:
-        try:
-            return await op()
-        except ZenError as exc:
-            last = exc
-            await asyncio.sleep(0.05)
-    pytest.fail(f"{what}: no success within {deadline}s; last error: {last!r}")
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ from zen_async.store.keyspace import Keyspace
 from zen_async.testing import ClusterGroup, ServerProcess, Standalone
 from zen_async.testing.deployments import Kind, settings_for, start_group
 from zen_async.testing.marks import UNCLOSED_BY_A_FAULT
-from zen_async.testing.waiting import wait_for
+from zen_async.testing.waiting import until_ok, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -103,19 +103,6 @@ def seeded(name: str) -> random.Random:
 def some(found: dict[int, Any], n: int = 10) -> str:
     """The first ``n`` entries of a failure dict, and how many there are in all."""
     return f"{len(found)} in all, first: {dict(list(found.items())[:n])}"
-
-
-async def until_ok(op: Callable[[], Awaitable[T]], *, deadline: float, what: str) -> T:
-    """Retry ``op`` on ZenError until it succeeds; fail the test past ``deadline`` seconds."""
-    until = time.monotonic() + deadline
-    last: ZenError | None = None
-    while time.monotonic() < until:
-        try:
-            return await op()
-        except ZenError as exc:
-            last = exc
-            await asyncio.sleep(0.05)
-    pytest.fail(f"{what}: no success within {deadline}s; last error: {last!r}")
 
 
 async def settle(tasks: list[asyncio.Task[Any]], *, deadline: float, what: str) -> None:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-__all__ = ["wait_for"]
+from zen_async.errors import ZenError
+
+__all__ = ["until_ok", "wait_for"]
+
+T = TypeVar("T")
 
 
 async def wait_for(
@@ -26,3 +31,23 @@ async def wait_for(
         if time.monotonic() > until:
             raise TimeoutError(f"not reached within {deadline}s: {what}")
         await asyncio.sleep(interval)
+
+
+async def until_ok(
+    op: Callable[[], Awaitable[T]], *, deadline: float, what: str, interval: float = 0.05
+) -> T:
+    """Await ``op()`` again after each ZenError until it succeeds; returns its result.
+
+    Raises:
+        TimeoutError: no success within ``deadline`` seconds; the message names ``what``
+            and the last error.
+    """
+    until = time.monotonic() + deadline
+    last: ZenError | None = None
+    while time.monotonic() < until:
+        try:
+            return await op()
+        except ZenError as exc:
+            last = exc
+            await asyncio.sleep(interval)
+    raise TimeoutError(f"{what}: no success within {deadline}s; last error: {last!r}")
