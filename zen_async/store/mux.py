@@ -341,7 +341,7 @@ class _Pipe:
             for write in entry[5]:  # the batch's durable writes, answered now
                 if not write[0].done():
                     write[0].set_result(Waited(write[5], reply))
-        # _ASKING: its reply is dropped; a refused ASKING fails the command behind it too
+        # _ASKING: its reply (OK) is dropped; the command behind it answers for itself
 
     def _parse(self, entry: list[Any], reply: Any) -> Any:
         """redis-py's reading of ``reply``: its exception, or its callback's result."""
