@@ -496,10 +496,11 @@ class Keyspace:
             writes = [str(c[0]).upper() not in _NO_WAIT for c in chunk]
             if any(writes):
                 return await self._durable_pipeline(chunk, writes, idempotent=idempotent)
+        slots = self._routes(chunk)
         replies = await self._runner.call(
-            lambda: self._send_pipeline(client, chunk),
+            lambda: self._send_pipeline(client, chunk, slots),
             idempotent=idempotent,
-            bounded=self._routes(chunk) is None,
+            bounded=slots is None,
         )
         return [self._runner.map(r) if isinstance(r, RedisFailure) else r for r in replies]
 
@@ -609,10 +610,11 @@ class Keyspace:
                     chunk, [True] * len(chunk), idempotent=idempotent, keep_noscript=True
                 )
             else:
+                slots = self._routes(chunk)
                 raw = await self._runner.call(
-                    functools.partial(self._send_pipeline, client, chunk),
+                    functools.partial(self._send_pipeline, client, chunk, slots),
                     idempotent=idempotent,
-                    bounded=self._routes(chunk) is None,
+                    bounded=slots is None,
                 )
             for i, outcome in enumerate(raw):
                 if isinstance(outcome, rx.NoScriptError):  # this node lacks the script: EVAL
@@ -651,11 +653,14 @@ class Keyspace:
         return slots
 
     async def _send_pipeline(
-        self, client: Redis | RedisCluster, commands: Sequence[Sequence[Arg]]
+        self,
+        client: Redis | RedisCluster,
+        commands: Sequence[Sequence[Arg]],
+        slots: list[int] | None,
     ) -> list[Any]:
         """Send ``commands`` in one request: their replies, an exception in a failed one's
-        place (multiplexed when the path can carry every one, else a redis-py pipeline)."""
-        slots = self._routes(commands)
+        place (multiplexed when the path carries every one, ``slots`` from :meth:`_routes`;
+        else a redis-py pipeline)."""
         if slots is not None:
             assert self._route is not None
             options = [_reply_options(c) or None for c in commands]
@@ -686,8 +691,10 @@ class Keyspace:
         assert durability is not None
         client = self._client
 
+        slots = self._routes([command])  # the fallback (EVAL) has the same keys
+
         async def send(cmd: Sequence[Arg]) -> tuple[Any, int]:
-            replies, acks = await self._send_and_wait(client, [cmd], [True], durability)
+            replies, acks = await self._send_and_wait(client, [cmd], [True], durability, slots)
             reply, ack = replies[0], acks[0]
             if isinstance(reply, Exception):
                 raise reply  # the runner maps it (and answers NOSCRIPT with the fallback)
@@ -699,7 +706,7 @@ class Keyspace:
             lambda: send(command),
             idempotent=idempotent,
             on_noscript=None if fallback is None else (lambda: send(fallback)),
-            bounded=self._routes([command]) is None,
+            bounded=slots is None,
         )
         if acked < durability.replicas:
             raise DurabilityError(
@@ -727,10 +734,11 @@ class Keyspace:
         durability = self._runner.durability
         assert durability is not None
         client = self._client
+        slots = self._routes(chunk)
         replies, acks = await self._runner.call(
-            lambda: self._send_and_wait(client, chunk, writes, durability),
+            lambda: self._send_and_wait(client, chunk, writes, durability, slots),
             idempotent=idempotent,
-            bounded=self._routes(chunk) is None,
+            bounded=slots is None,
         )
         out: list[Any] = []
         for command, reply, ack, write in zip(chunk, replies, acks, writes, strict=True):
@@ -761,11 +769,12 @@ class Keyspace:
         commands: Sequence[Sequence[Arg]],
         writes: Sequence[bool],
         durability: Durability,
+        slots: list[int] | None,
     ) -> tuple[list[Any], list[Any]]:
-        """:func:`_send_and_wait`, on the multiplexed path when it carries every command:
-        there the commands go on a connection for durable writes, and one WAIT behind each
-        write to the socket covers them and the other callers' writes sent with them."""
-        slots = self._routes(commands)
+        """:func:`_send_and_wait`, on the multiplexed path when it carries every command
+        (``slots`` from :meth:`_routes`): there the commands go on a connection for durable
+        writes, and one WAIT behind each write to the socket covers them and the other
+        callers' writes sent with them."""
         if slots is None:
             return await _send_and_wait(client, commands, writes, durability)
         assert self._route is not None

@@ -423,6 +423,8 @@ class _Pipe:
             )
             self._writer = writer
             self._reader_task = self._loop.create_task(self._read_loop(stream, self._reader))
+        except Exception as exc:  # unforeseen: nobody may wait forever on this connection
+            self._break(rx.ConnectionError(f"Error connecting to {mux.name}: {exc}"))
         finally:
             self._connecting = None
         if self._outbox:
